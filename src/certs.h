@@ -1,0 +1,41 @@
+/* certs.h — the certificate store: domain -> ready SSL_CTX, read by the TLS
+ * client-hello callback on the worker threads without blocking, and the
+ * background thread that obtains missing certificates (from disk, or by
+ * running mkcert in local mode; the ACME client plugs in here in release
+ * mode). When a certificate becomes ready or fails, every subscribed loop is
+ * told through loop_post() so parked handshakes can resume. */
+#ifndef CORE_CERTS_H
+#define CORE_CERTS_H
+#include <stddef.h>
+#include <openssl/ssl.h>
+
+struct loop;
+
+enum certs_source {
+    CERTS_MKCERT,   /* local mode: CERTS_DIR/DOMAIN-cert.pem + DOMAIN-key.pem, made by mkcert */
+    CERTS_ACME      /* release mode (not implemented yet) */
+};
+
+enum certs_result {
+    CERTS_READY,    /* *ctx set: valid until the calling thread's next QSBR quiescent state */
+    CERTS_PENDING,  /* being obtained; subscribers are told when it is done */
+    CERTS_FAILED    /* could not be obtained recently; the handshake should fail */
+};
+
+/* mkcert_path: absolute path of mkcert (local mode). Starts the background
+ * thread. Returns 0, or -1 with err. */
+int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_path,
+               char *err, size_t errlen);
+/* Stops the background thread and frees the store (at exit). */
+void certs_shutdown(void);
+
+/* Called on a worker thread (from the client-hello callback) with a
+ * canonical domain that has a route. Never blocks: on a miss it queues the
+ * domain for the background thread (once, however many handshakes wait). */
+enum certs_result certs_get(const char *domain, size_t len, SSL_CTX **ctx);
+
+/* Registers fn(arg) to run on loop l whenever a certificate becomes ready or
+ * fails. Call once per worker loop before serving. */
+void certs_subscribe(struct loop *l, void (*fn)(void *arg), void *arg);
+
+#endif

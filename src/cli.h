@@ -1,0 +1,30 @@
+/* cli.h — the server's command-line flags and the resulting configuration.
+ * Owns flag parsing, defaults (which depend on the build's default mode) and
+ * --help/--version text. Subcommands (add/remove/list/...) live in subcmd.h. */
+#ifndef CORE_CLI_H
+#define CORE_CLI_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CORE_VERSION "0.1.0"
+
+struct config {
+    bool release;            /* release mode (ACME); else local dev mode (mkcert) */
+    int http_port;           /* --http-port, default 80 */
+    int https_port;          /* --https-port, default 443 */
+    int udp_port;            /* --udp-port, default 40608 */
+    char config_dir[4096];   /* --config-dir: holds forward_targets.txt */
+    char certs_dir[4096];    /* --certs-dir: local ./certs, release $HOME/certs */
+    char routes_path[4200];  /* config_dir/forward_targets.txt */
+    int workers;             /* --workers, default: online CPUs */
+    bool access_log;         /* --no-access-log turns it off */
+    int drain_ms;            /* --drain-timeout SECONDS: in-flight requests at shutdown */
+    int max_conns;           /* --max-connections: per process, default 20000 */
+};
+
+/* Fills cfg from argv. Returns 0 to run, 1 when it printed --help/--version
+ * (exit 0), -1 after printing one line naming the bad flag and the fix
+ * (exit 2). */
+int cli_parse(int argc, char **argv, struct config *cfg);
+
+#endif

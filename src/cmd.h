@@ -1,0 +1,53 @@
+/* cmd.h — the UDP command channel: parsing of command datagrams, and the
+ * server that owns the UDP socket on the main thread's loop: loopback check,
+ * batching, applying changes to the route table, durable save, replies.
+ *
+ * Protocol (one datagram = one command, trailing "\r\n" or "\n" tolerated):
+ *   add DOMAIN PORT   -> "ok" | "error: <reason>"
+ *   remove DOMAIN     -> "ok" | "error: <reason>"
+ *   list              -> lines "DOMAIN PORT\n" sorted by domain, then a final
+ *                        line "ok"; split over several datagrams at line
+ *                        boundaries when longer than CMD_REPLY_MAX
+ *   shutdown          -> "ok", then the server shuts down gracefully
+ * A datagram whose source is not loopback (127.0.0.0/8, ::1, ::ffff:127.x) is
+ * dropped with a log line and no reply. */
+#ifndef CORE_CMD_H
+#define CORE_CMD_H
+#include <stddef.h>
+#include <stdint.h>
+#include "domain.h"
+
+#define CMD_DATAGRAM_MAX 1024   /* longer command datagrams are refused */
+#define CMD_REPLY_MAX    60000  /* payload bytes per reply datagram */
+
+enum cmd_verb { CMD_ADD, CMD_REMOVE, CMD_LIST, CMD_SHUTDOWN, CMD_STATUS };
+
+struct cmd_command {
+    enum cmd_verb verb;
+    char domain[DOMAIN_MAX + 1];   /* canonical (domain.h); "" when the verb has none */
+    size_t domain_len;
+    uint16_t port;                 /* CMD_ADD only */
+};
+
+/* Parses one datagram. Returns 0, or -1 with a reason for the sender in err
+ * (without the "error: " prefix), e.g. "port must be 1..65535, got 70000". */
+int cmd_parse(const char *msg, size_t len, struct cmd_command *out, char *err, size_t errlen);
+
+struct loop;
+struct cmd_server;
+
+struct cmd_hooks {
+    void (*on_shutdown)(void *arg);                        /* after the "ok" is sent */
+    void (*on_route_added)(const char *domain, void *arg); /* after the change is durable; may be NULL */
+    void *arg;
+};
+
+/* Takes ownership of udp_fd (bound, non-blocking) and watches it on l.
+ * routes_path is the routes file that every change is saved to before it is
+ * acknowledged. The current routes snapshot (routes.h) must be published. */
+struct cmd_server *cmd_server_start(struct loop *l, int udp_fd, const char *routes_path,
+                                    const struct cmd_hooks *hooks);
+/* Stops watching and closes the UDP socket (takeover: frees the port). */
+void cmd_server_close(struct cmd_server *s);
+
+#endif

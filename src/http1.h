@@ -1,0 +1,129 @@
+/* http1.h — incremental HTTP/1.x message-head parser, body framing and the
+ * head rewriting a reverse proxy does. Allocates nothing: parsed fields are
+ * slices pointing into the caller's buffer. Owns the protocol rules
+ * (RFC 9110/9112): what is malformed, what is request smuggling, which
+ * headers are hop-by-hop. Does not own sockets or buffers. */
+#ifndef CORE_HTTP1_H
+#define CORE_HTTP1_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define HTTP1_MAX_HEADERS 100
+#define HTTP1_INCOMPLETE (-2)
+#define HTTP1_ERROR      (-1)
+
+struct http1_slice {
+    const char *base;
+    size_t len;
+};
+
+struct http1_header {
+    struct http1_slice name;
+    struct http1_slice value;   /* leading/trailing whitespace trimmed */
+};
+
+/* Facts about a message's framing and connection handling, derived from its
+ * headers by http1_parse_*(). */
+struct http1_info {
+    int64_t content_length;     /* -1 when absent */
+    bool chunked;               /* Transfer-Encoding ends in "chunked" */
+    bool conn_close;            /* "Connection: close", or HTTP/1.0 without keep-alive */
+    bool conn_upgrade;          /* Connection has the "upgrade" token and an Upgrade header exists */
+    bool expect_continue;       /* "Expect: 100-continue" (requests) */
+    struct http1_slice host;    /* Host header value (requests), base NULL when absent */
+    struct http1_slice xff;     /* X-Forwarded-For value, base NULL when absent (first one) */
+};
+
+struct http1_request {
+    struct http1_slice method;
+    struct http1_slice target;
+    int minor_version;          /* 0 or 1 */
+    size_t num_headers;
+    struct http1_header headers[HTTP1_MAX_HEADERS];
+    struct http1_info info;
+    int error_status;           /* on HTTP1_ERROR: 400, 414 (request line too long) or 431 */
+    const char *error;          /* on HTTP1_ERROR: short reason for the log */
+};
+
+struct http1_response {
+    int minor_version;
+    int status;
+    struct http1_slice reason;
+    size_t num_headers;
+    struct http1_header headers[HTTP1_MAX_HEADERS];
+    struct http1_info info;
+    const char *error;          /* on HTTP1_ERROR */
+};
+
+/* Parses the head of a request in buf[0..len). Returns the head's length
+ * (through the blank line), HTTP1_INCOMPLETE when more bytes are needed, or
+ * HTTP1_ERROR with error_status and error set. max_head is the most bytes a
+ * head may take: when len >= max_head and the head is still incomplete it is
+ * an error (414 while the request line is unfinished or longer than
+ * max_line, else 431). More than HTTP1_MAX_HEADERS headers is 431.
+ * Rejected as 400 (smuggling shapes and malformed input): bare CR or LF
+ * line ends inside the head other than CRLF/LF line ends, obs-fold, whitespace
+ * before a colon, invalid token characters, control characters in values,
+ * both Content-Length and Transfer-Encoding, differing or invalid
+ * Content-Length values, a Transfer-Encoding other than one ending in
+ * "chunked" (requests), Transfer-Encoding in HTTP/1.0, a version other than
+ * HTTP/1.0 or 1.1, more than one Host, HTTP/1.1 without Host. Empty lines
+ * before the request line are skipped (RFC 9112 2.2). */
+int http1_parse_request(const char *buf, size_t len, size_t max_head, size_t max_line,
+                        struct http1_request *req);
+
+/* Same for a response head (from a backend): no Host rules; a
+ * Transfer-Encoding not ending in chunked means close-delimited. */
+int http1_parse_response(const char *buf, size_t len, size_t max_head,
+                         struct http1_response *resp);
+
+/* Whether a response to this request/status carries a body at all:
+ * false for HEAD, 1xx, 204 and 304 (RFC 9112 6.3). */
+bool http1_response_has_body(struct http1_slice method, int status);
+
+/* Incremental chunked-body scanner: the proxy relays chunked bodies verbatim
+ * and only needs to know where they end. Zero-initialise. */
+struct http1_chunked {
+    int state;
+    uint64_t remaining;   /* bytes left in the current chunk's data */
+    size_t line_len;      /* bytes in the current size/trailer line (capped) */
+    bool done;            /* the last chunk and trailers have been seen */
+};
+/* Scans buf[0..len): returns how many bytes belong to the body (stops right
+ * after the end of the body, setting done), or -1 on malformed framing
+ * (bad hex, size overflow, missing CRLF after data, line longer than 4 KiB). */
+ssize_t http1_chunked_scan(struct http1_chunked *c, const char *buf, size_t len);
+
+/* What the proxy adds to a forwarded request. */
+struct http1_forward {
+    const char *client_addr;   /* "203.0.113.7" or "2001:db8::1" */
+    const char *proto;         /* "http" or "https" */
+};
+
+/* Writes the request head for the backend into out[0..cap): the request
+ * line as received (HTTP/1.1 towards the backend), every end-to-end header
+ * unchanged and in order (Host included), without the hop-by-hop headers
+ * (Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade,
+ * Proxy-Authenticate, Proxy-Authorization and any named in Connection) except
+ * that Transfer-Encoding is kept (the body is relayed verbatim) and, for an
+ * upgrade, "Connection: upgrade" and Upgrade are kept; X-Forwarded-For has
+ * the client address appended (one combined header), X-Forwarded-Proto and
+ * X-Forwarded-Host (the Host value) are set (replacing any from the client).
+ * Returns the length, or -1 when it does not fit. */
+ssize_t http1_write_request_head(const struct http1_request *req, const struct http1_forward *fwd,
+                                 char *out, size_t cap);
+
+/* Writes the response head for the client: status line ("HTTP/1.1 <status>
+ * <reason>"), end-to-end headers unchanged and in order, hop-by-hop ones
+ * removed (Transfer-Encoding kept; for 101 Connection/Upgrade kept), plus
+ * "Connection: close" when close is true (and "Connection: keep-alive" when
+ * the client spoke HTTP/1.0 and close is false). Returns length or -1. */
+ssize_t http1_write_response_head(const struct http1_response *resp, bool close,
+                                  int client_minor_version, char *out, size_t cap);
+
+/* Case-insensitive comparison of a slice with a NUL-terminated lower-case name. */
+bool http1_slice_eq(struct http1_slice s, const char *lower);
+
+#endif

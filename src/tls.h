@@ -1,0 +1,22 @@
+/* tls.h — OpenSSL server side: the base SSL_CTX (TLS 1.2+, ALPN http/1.1),
+ * the client-hello callback that picks the certificate by SNI (refusing
+ * names without a route with an unrecognized_name alert, and suspending the
+ * handshake while certs.h makes one), and new SSL objects for accepted fds.
+ * Only tls.c, certs.c and transport.c call SSL_* functions. */
+#ifndef CORE_TLS_H
+#define CORE_TLS_H
+#include <stddef.h>
+#include <openssl/ssl.h>
+
+/* Builds the base context. Call once at startup after certs_init().
+ * Returns 0, or -1 with the cause in err. */
+int tls_init(char *err, size_t errlen);
+void tls_cleanup(void);
+
+/* A new server-side SSL for the accepted, non-blocking fd. When its
+ * handshake returns SSL_ERROR_WANT_CLIENT_HELLO_CB the certificate for its
+ * SNI is being made: park the connection and call SSL_do_handshake again
+ * after a certs_subscribe() notification. */
+SSL *tls_new_server(int fd);
+
+#endif
