@@ -55,8 +55,9 @@ static inline bool loop_timer_armed(const struct loop_timer *t) { return t->dead
 /* Thread-safe: runs fn(arg) on l's thread during its next iteration. */
 void loop_post(struct loop *l, loop_task_fn fn, void *arg);
 
-/* Runs before every epoll_wait (used for QSBR quiescent states). */
-void loop_set_before_sleep(struct loop *l, void (*fn)(void *), void *arg);
+/* before runs before every epoll_wait, after runs right after it returns
+ * (QSBR offline/online, deferred frees). Either may be NULL. */
+void loop_set_sleep_hooks(struct loop *l, void (*before)(void *), void (*after)(void *), void *arg);
 
 /* Milliseconds on CLOCK_MONOTONIC, cached per iteration. */
 uint64_t loop_now_ms(const struct loop *l);
