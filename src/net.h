@@ -1,0 +1,28 @@
+/* net.h — socket helpers: listening TCP and UDP sockets, non-blocking
+ * loopback connects, address formatting. Functions return an fd or -1 with
+ * a message in the caller's err buffer that names the address, the cause
+ * and, where there is one, the fix. */
+#ifndef CORE_NET_H
+#define CORE_NET_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+/* Dual-stack [::]:port (0.0.0.0:port when IPv6 is unavailable), non-blocking,
+ * SO_REUSEADDR and SO_REUSEPORT (so a new instance can listen before the old
+ * one stops: takeover without refused connections). what names the port's
+ * role and flag for messages ("http", "--http-port"). */
+int net_listen_tcp(int port, const char *what, const char *flag, char *err, size_t errlen);
+
+/* Dual-stack UDP socket bound to [::]:port, non-blocking. On EADDRINUSE
+ * returns -2 (another instance may hold it). */
+int net_bind_udp(int port, char *err, size_t errlen);
+
+/* Starts a non-blocking connect to 127.0.0.1:port. Returns the fd (the
+ * connect may still be in progress), or -1 with errno set. */
+int net_connect_loopback(int port);
+
+/* Formats the address (no port) into out; "?" when unknown. */
+void net_addr_str(const struct sockaddr *sa, char *out, size_t cap);
+
+#endif
