@@ -1,0 +1,142 @@
+/* transport.c — plain TCP and TLS behind one read/write interface. */
+#include "transport.h"
+#include "tls.h"
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int transport_start_tls(struct transport *t)
+{
+    t->ssl = tls_new_server(t->fd);
+    if (!t->ssl)
+        return -1;
+    /* Partial writes and moving buffers: the proxy writes from ring-less
+     * buffers that compact between retries. RELEASE_BUFFERS: an idle TLS
+     * keep-alive connection should not hold 2 x 16 KiB of record buffers.
+     * IGNORE_UNEXPECTED_EOF: most clients close without close_notify; treat
+     * it as the end of the stream, as plain TCP does. */
+    SSL_set_mode(t->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                             SSL_MODE_RELEASE_BUFFERS);
+    SSL_set_options(t->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    return 0;
+}
+
+bool transport_handshake_done(const struct transport *t)
+{
+    return !t->ssl || SSL_is_init_finished(t->ssl);
+}
+
+/* Maps an SSL_* failure to AGAIN/PARKED/ERROR, clearing the error queue so
+ * one connection's failure never shows up in another's. */
+static int ssl_result(struct transport *t, int r)
+{
+    int e = SSL_get_error(t->ssl, r);
+
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        return TRANSPORT_AGAIN;
+    case SSL_ERROR_WANT_CLIENT_HELLO_CB:
+        return TRANSPORT_PARKED;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        t->err = errno ? strerror(errno) : "connection closed during TLS";
+        break;
+    default: {
+        unsigned long le = ERR_peek_error();
+        t->err = le ? ERR_reason_error_string(le) : "TLS error";
+        if (!t->err)
+            t->err = "TLS error";
+        break;
+    }
+    }
+    ERR_clear_error();
+    return TRANSPORT_ERROR;
+}
+
+int transport_handshake(struct transport *t)
+{
+    int r;
+
+    if (!t->ssl)
+        return 0;
+    r = SSL_do_handshake(t->ssl);
+    if (r == 1)
+        return 0;
+    r = ssl_result(t, r);
+    return r == 0 ? TRANSPORT_ERROR : r;
+}
+
+ssize_t transport_read(struct transport *t, void *buf, size_t len)
+{
+    if (!t->ssl) {
+        ssize_t n = read(t->fd, buf, len);
+        if (n >= 0)
+            return n;
+        if (errno == EAGAIN || errno == EINTR)
+            return TRANSPORT_AGAIN;
+        t->err = strerror(errno);
+        return TRANSPORT_ERROR;
+    }
+    size_t got = 0;
+    int r = SSL_read_ex(t->ssl, buf, len, &got);
+    if (r == 1)
+        return (ssize_t)got;
+    return ssl_result(t, r);
+}
+
+ssize_t transport_writev(struct transport *t, const struct iovec *iov, int iovcnt)
+{
+    if (!t->ssl) {
+        ssize_t n = writev(t->fd, iov, iovcnt);
+        if (n >= 0)
+            return n;
+        if (errno == EAGAIN || errno == EINTR)
+            return TRANSPORT_AGAIN;
+        t->err = strerror(errno);
+        return TRANSPORT_ERROR;
+    }
+    /* TLS: one record per iovec entry; stop at the first partial write.
+     * SSL_MODE_ENABLE_PARTIAL_WRITE and ACCEPT_MOVING_WRITE_BUFFER are set
+     * by tls.c, so a retry may pass a different pointer. */
+    ssize_t total = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        size_t done = 0;
+        if (iov[i].iov_len == 0)
+            continue;
+        int r = SSL_write_ex(t->ssl, iov[i].iov_base, iov[i].iov_len, &done);
+        if (r != 1) {
+            int e = ssl_result(t, r);
+            return total ? total : (e == 0 ? TRANSPORT_ERROR : e);
+        }
+        total += (ssize_t)done;
+        if (done < iov[i].iov_len)
+            break;
+    }
+    return total;
+}
+
+void transport_shutdown_write(struct transport *t)
+{
+    if (t->ssl && SSL_is_init_finished(t->ssl)) {
+        SSL_shutdown(t->ssl);
+        ERR_clear_error();
+    }
+    shutdown(t->fd, SHUT_WR);
+}
+
+void transport_close(struct transport *t)
+{
+    if (t->ssl) {
+        SSL_free(t->ssl);
+        t->ssl = NULL;
+    }
+    if (t->fd >= 0) {
+        close(t->fd);
+        t->fd = -1;
+    }
+}

@@ -1,0 +1,38 @@
+/* transport.h — one interface over a plain TCP socket and a TLS session, so
+ * the proxy never knows which it has. Owns the fd and the SSL object of a
+ * client connection. Only this module (with tls.c and certs.c) calls SSL_*. */
+#ifndef CORE_TRANSPORT_H
+#define CORE_TRANSPORT_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+typedef struct ssl_st SSL;
+
+#define TRANSPORT_AGAIN  (-1)   /* would block: wait for readiness */
+#define TRANSPORT_ERROR  (-2)   /* connection is broken: close it */
+#define TRANSPORT_PARKED (-3)   /* TLS handshake waits for a certificate */
+
+struct transport {
+    int fd;
+    SSL *ssl;          /* NULL for plain TCP */
+    const char *err;   /* after TRANSPORT_ERROR: short cause for the log */
+};
+
+/* Starts TLS on t (server side). Returns 0 or -1. */
+int transport_start_tls(struct transport *t);
+/* Drives the handshake: 0 when complete, TRANSPORT_AGAIN, TRANSPORT_PARKED
+ * or TRANSPORT_ERROR. Always 0 for plain TCP. */
+int transport_handshake(struct transport *t);
+bool transport_handshake_done(const struct transport *t);
+
+/* Bytes read (>0), 0 at end of stream, TRANSPORT_AGAIN or TRANSPORT_ERROR. */
+ssize_t transport_read(struct transport *t, void *buf, size_t len);
+/* Bytes written (>0), TRANSPORT_AGAIN or TRANSPORT_ERROR. */
+ssize_t transport_writev(struct transport *t, const struct iovec *iov, int iovcnt);
+/* Ends our side of the stream (TLS close_notify, then TCP FIN). */
+void transport_shutdown_write(struct transport *t);
+void transport_close(struct transport *t);
+
+#endif
