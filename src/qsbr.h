@@ -6,8 +6,13 @@
  * freed once every registered reader has passed a quiescent state since. */
 #ifndef CORE_QSBR_H
 #define CORE_QSBR_H
+#include <stddef.h>
 
-/* Reader side (each worker thread). Returns a reader id. */
+#define QSBR_MAX_READERS 1024   /* registering more aborts (a startup error) */
+
+/* Reader side (each worker thread). Returns a reader id; the reader starts
+ * online. A reader that sleeps without calling qsbr_offline() stalls
+ * reclamation (nothing unsafe, just memory held). */
 int qsbr_register(void);
 void qsbr_quiescent(int reader);   /* holds no snapshot right now */
 void qsbr_online(int reader);      /* about to read snapshots (after epoll_wait) */
@@ -18,5 +23,8 @@ void qsbr_offline(int reader);     /* sleeping: holds nothing until online */
 void qsbr_retire(void *p, void (*fn)(void *));
 /* Frees whatever is safe now; called by writers after qsbr_retire and periodically. */
 void qsbr_reclaim(void);
+/* Entries retired but not yet freed (the writer re-arms a reclaim timer while
+ * this is non-zero). */
+size_t qsbr_pending(void);
 
 #endif
