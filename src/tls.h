@@ -13,6 +13,13 @@
 int tls_init(char *err, size_t errlen);
 void tls_cleanup(void);
 
+/* A new context configured exactly like the base one (protocol versions,
+ * ciphers, groups, options, ALPN), without a certificate: certs.c loads one
+ * into it. The client-hello callback switches a handshake to it with
+ * SSL_set_SSL_CTX, after which OpenSSL reads the ALPN callback and the
+ * certificate from it, so the two must agree. Returns NULL with err. */
+SSL_CTX *tls_ctx_new(char *err, size_t errlen);
+
 /* A new server-side SSL for the accepted, non-blocking fd. When its
  * handshake returns SSL_ERROR_WANT_CLIENT_HELLO_CB the certificate for its
  * SNI is being made: park the connection and call SSL_do_handshake again

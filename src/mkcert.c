@@ -1,0 +1,227 @@
+/* mkcert.c — runs the mkcert tool (found on PATH) to make a local-mode
+ * certificate: posix_spawn without a shell, output captured through a pipe,
+ * a 60 s bound, and the key made private afterwards. */
+#include "mkcert.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MKCERT_TIMEOUT_MS 60000
+
+extern char **environ;
+
+static bool is_executable_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
+}
+
+int mkcert_find(char *out, size_t cap)
+{
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (const char *p = path;; ) {
+        const char *end = strchr(p, ':');
+        size_t dlen = end ? (size_t)(end - p) : strlen(p);
+        /* An empty PATH entry means the current directory (POSIX); we want
+         * an absolute path, so resolve it. */
+        char dir[4096];
+        if (dlen == 0) {
+            if (!getcwd(dir, sizeof dir))
+                dir[0] = '\0';
+        } else if (dlen < sizeof dir) {
+            memcpy(dir, p, dlen);
+            dir[dlen] = '\0';
+        } else {
+            dir[0] = '\0';
+        }
+        if (dir[0] == '/') {
+            int n = snprintf(out, cap, "%s/mkcert", dir);
+            if (n > 0 && (size_t)n < cap && is_executable_file(out))
+                return 0;
+        }
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    if (cap)
+        out[0] = '\0';
+    return -1;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Keeps the last non-empty line of everything read from fd in last[]. */
+static void keep_last_line(char *tail, size_t *tail_len, size_t cap, const char *buf, size_t n,
+                           char *last, size_t last_cap)
+{
+    for (size_t i = 0; i < n; i++) {
+        char c = buf[i];
+        if (c == '\n' || c == '\r') {
+            if (*tail_len > 0) {
+                size_t k = *tail_len < last_cap - 1 ? *tail_len : last_cap - 1;
+                memcpy(last, tail, k);
+                last[k] = '\0';
+                *tail_len = 0;
+            }
+        } else if (*tail_len < cap) {
+            tail[(*tail_len)++] = c;
+        }
+    }
+}
+
+/* Reads the child's output until EOF or the deadline; returns false on timeout. */
+static bool drain_output(int fd, uint64_t deadline, char *last, size_t last_cap)
+{
+    char buf[1024], tail[512];
+    size_t tail_len = 0;
+
+    for (;;) {
+        uint64_t now = now_ms();
+        if (now >= deadline)
+            return false;
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        int r = poll(&pfd, 1, (int)(deadline - now));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0)
+            return false;
+        if (r < 0)
+            break;   /* cannot happen with a valid fd; let waitpid decide */
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;   /* EOF: the child (and anything it spawned) closed its output */
+        keep_last_line(tail, &tail_len, sizeof tail, buf, (size_t)n, last, last_cap);
+    }
+    if (tail_len > 0)   /* an unterminated last line */
+        keep_last_line(tail, &tail_len, sizeof tail, "\n", 1, last, last_cap);
+    return true;
+}
+
+/* Waits for pid until the deadline; kills it when the deadline passes.
+ * Returns the wait status, or -1 on timeout (the child is reaped). */
+static int wait_bounded(pid_t pid, uint64_t deadline)
+{
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return status;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (now_ms() >= deadline)
+            break;
+        /* Output is already closed, so exit is imminent: a short sleep-poll
+         * is simpler than a pidfd and costs nothing on this thread. */
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, SIGKILL);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    return -1;
+}
+
+int mkcert_make(const char *mkcert_path, const char *domain, const char *cert_path,
+                const char *key_path, char *err, size_t errlen)
+{
+    int pipefd[2] = { -1, -1 };
+    posix_spawn_file_actions_t fa;
+    bool fa_ok = false;
+    pid_t pid = -1;
+    char last[256] = "";
+    int ret = -1;
+
+    /* O_CLOEXEC: another thread spawning at the same moment must not inherit
+     * our pipe, or EOF would never come. */
+    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+        snprintf(err, errlen, "mkcert %s: pipe: %s", domain, strerror(errno));
+        goto out;
+    }
+    if (posix_spawn_file_actions_init(&fa) != 0) {
+        snprintf(err, errlen, "mkcert %s: posix_spawn_file_actions_init failed", domain);
+        goto out;
+    }
+    fa_ok = true;
+    /* stdin from /dev/null (it never prompts), stdout and stderr into the
+     * pipe (mkcert logs to stderr; its last line is the cause of a failure),
+     * and every other fd closed so the child cannot hold our listening
+     * sockets open across a takeover. */
+    if (posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0) != 0 ||
+        posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1) != 0 ||
+        posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2) != 0 ||
+        posix_spawn_file_actions_addclosefrom_np(&fa, 3) != 0) {
+        snprintf(err, errlen, "mkcert %s: posix_spawn_file_actions failed", domain);
+        goto out;
+    }
+    char *argv[] = { "mkcert", "-cert-file", (char *)cert_path, "-key-file", (char *)key_path,
+                     (char *)domain, NULL };
+    int e = posix_spawn(&pid, mkcert_path, &fa, NULL, argv, environ);
+    if (e != 0) {
+        pid = -1;
+        snprintf(err, errlen, "mkcert %s: cannot run %s: %s%s", domain, mkcert_path, strerror(e),
+                 e == ENOENT ? " (install it: apt-get install mkcert)" : "");
+        goto out;
+    }
+    close(pipefd[1]);
+    pipefd[1] = -1;
+
+    uint64_t deadline = now_ms() + MKCERT_TIMEOUT_MS;
+    bool drained = drain_output(pipefd[0], deadline, last, sizeof last);
+    int status = wait_bounded(pid, drained ? deadline : 0);
+    pid = -1;
+    if (status < 0) {
+        snprintf(err, errlen, "mkcert %s: no result after %d s, killed", domain,
+                 MKCERT_TIMEOUT_MS / 1000);
+        goto out;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (WIFSIGNALED(status))
+            snprintf(err, errlen, "mkcert %s: killed by signal %d: %s", domain, WTERMSIG(status),
+                     last[0] ? last : "(no output)");
+        else
+            snprintf(err, errlen, "mkcert %s: exit status %d: %s", domain, WEXITSTATUS(status),
+                     last[0] ? last : "(no output)");
+        goto out;
+    }
+    if (access(cert_path, F_OK) != 0 || access(key_path, F_OK) != 0) {
+        snprintf(err, errlen, "mkcert %s: exited 0 but %s or %s is missing (%s)", domain,
+                 cert_path, key_path, last[0] ? last : "no output");
+        goto out;
+    }
+    /* mkcert already writes the key 0600; make sure, whatever its version. */
+    if (chmod(key_path, 0600) < 0) {
+        snprintf(err, errlen, "chmod 0600 %s: %s", key_path, strerror(errno));
+        goto out;
+    }
+    ret = 0;
+out:
+    if (pid > 0)
+        wait_bounded(pid, 0);
+    if (fa_ok)
+        posix_spawn_file_actions_destroy(&fa);
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    return ret;
+}
