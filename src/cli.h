@@ -20,6 +20,8 @@ struct config {
     bool access_log;         /* --no-access-log turns it off */
     int drain_ms;            /* --drain-timeout SECONDS: in-flight requests at shutdown */
     int max_conns;           /* --max-connections: per process, default 20000 */
+    int client_timeout_ms;   /* --client-timeout SECONDS: head, idle keep-alive, stalled client (60) */
+    int backend_timeout_ms;  /* --backend-timeout SECONDS: connect and response, else 504 (60) */
 };
 
 /* Fills cfg from argv. Returns 0 to run, 1 when it printed --help/--version

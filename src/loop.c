@@ -36,7 +36,7 @@ struct loop {
     struct loop_fd wake;            /* eventfd: tasks posted or stop requested */
     pthread_mutex_t task_mu;        /* guards tasks: other threads post here */
     struct task *tasks, **tasks_tail;
-    void (*before_sleep)(void *);
+    bool (*before_sleep)(void *);
     void (*after_wake)(void *);
     void *hook_arg;
 };
@@ -211,7 +211,7 @@ void loop_post(struct loop *l, loop_task_fn fn, void *arg)
         log_error("event loop: wake: %s", strerror(errno));
 }
 
-void loop_set_sleep_hooks(struct loop *l, void (*before)(void *), void (*after)(void *), void *arg)
+void loop_set_sleep_hooks(struct loop *l, bool (*before)(void *), void (*after)(void *), void *arg)
 {
     l->before_sleep = before;
     l->after_wake = after;
@@ -240,8 +240,8 @@ void loop_run(struct loop *l)
 
         l->now_ms = clock_ms();
         wait = run_timers(l);
-        if (l->before_sleep)
-            l->before_sleep(l->hook_arg);
+        if (l->before_sleep && l->before_sleep(l->hook_arg))
+            wait = 0;   /* more work queued: poll without sleeping */
         n = epoll_wait(l->epfd, evs, LOOP_MAX_EVENTS, wait);
         if (l->after_wake)
             l->after_wake(l->hook_arg);

@@ -55,9 +55,10 @@ static inline bool loop_timer_armed(const struct loop_timer *t) { return t->dead
 /* Thread-safe: runs fn(arg) on l's thread during its next iteration. */
 void loop_post(struct loop *l, loop_task_fn fn, void *arg);
 
-/* before runs before every epoll_wait, after runs right after it returns
+/* before runs before every epoll_wait (returning true when it left work
+ * queued, so the wait does not block), after runs right after it returns
  * (QSBR offline/online, deferred frees). Either may be NULL. */
-void loop_set_sleep_hooks(struct loop *l, void (*before)(void *), void (*after)(void *), void *arg);
+void loop_set_sleep_hooks(struct loop *l, bool (*before)(void *), void (*after)(void *), void *arg);
 
 /* Milliseconds on CLOCK_MONOTONIC, cached per iteration. */
 uint64_t loop_now_ms(const struct loop *l);

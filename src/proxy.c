@@ -1,0 +1,1386 @@
+/* proxy.c — client <-> backend sessions on one worker thread.
+ *
+ * Each client connection is driven by one pump, client_pump(), that makes
+ * every step that is possible right now (handshake, read, parse, write) and
+ * loops until nothing moves. Both the client's and the backend's fd events
+ * call it. Readiness is tracked in rd_ready/wr_ready flags because fds are
+ * watched edge-triggered (no epoll_ctl per state change).
+ *
+ * Buffers (16 KiB, pooled per worker, held only while a request is active):
+ *   in   bytes from the client. While a body-less request is in flight its
+ *        head stays at in->start, so the request can be replayed on a fresh
+ *        backend connection if a pooled one turns out to be closed.
+ *   out  first the rewritten request head (staging for the backend), then
+ *        the response for the client: head rewritten in place (headroom of
+ *        OUT_HEADROOM bytes in front of it), then body bytes.
+ * in_ok/out_ok count the bytes at the start of each buffer that belong to
+ * the current message and may be forwarded; bytes after them are either
+ * unscanned or the next pipelined request. */
+#include "proxy.h"
+#include "buf.h"
+#include "cli.h"
+#include "domain.h"
+#include "http1.h"
+#include "log.h"
+#include "mem.h"
+#include "net.h"
+#include "routes.h"
+#include "transport.h"
+#include "worker.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define OUT_HEADROOM 64        /* room for the response head to grow in place */
+#define MAX_REQUEST_LINE 8192
+#define IDLE_POOL_PER_PORT 64  /* idle backend connections kept per port per worker */
+#define UPSTREAM_IDLE_MS 30000 /* below common backend keep-alive timeouts? no: see pool_put */
+#define LINGER_MS 2000         /* reading and discarding after a closing response */
+#define TUNNEL_TIMEOUT_MS 600000
+
+enum client_state {
+    C_HANDSHAKE,   /* TLS handshake in progress (or parked) */
+    C_HEAD,        /* waiting for / reading a request head */
+    C_EXCHANGE,    /* a request is in flight */
+    C_TUNNEL,      /* upgraded: raw bytes both ways */
+    C_LINGER,      /* response sent, write side shut: discarding input briefly */
+};
+
+enum framing {
+    F_NONE,        /* no body */
+    F_LENGTH,      /* Content-Length */
+    F_CHUNKED,     /* chunked, relayed verbatim */
+    F_CLOSE,       /* until the backend closes (responses only) */
+    F_TUNNEL,      /* everything (upgraded) */
+};
+
+/* Body framing of one direction of the current exchange. */
+struct frame {
+    uint8_t kind;              /* enum framing */
+    bool done;                 /* the whole body has been scanned */
+    uint64_t remaining;        /* F_LENGTH: bytes still expected */
+    struct http1_chunked ch;   /* F_CHUNKED: scanner state */
+};
+
+struct client;
+
+struct upstream {
+    struct loop_fd lfd;
+    struct loop_timer timer;
+    struct worker *w;
+    struct client *cl;               /* attached client, NULL while idle in the pool */
+    struct upstream *pool_prev, *pool_next;
+    struct upstream *reap_next;
+    uint16_t port;
+    bool connected;                  /* connect() finished */
+    bool rd_ready, wr_ready;
+    bool reused;                     /* came from the idle pool */
+    bool eof;                        /* backend closed its side */
+    bool dead;
+};
+
+/* The request in flight on a client connection; pooled per worker. */
+struct exchange {
+    struct exchange *next_free;
+    uint64_t start_ms;
+    int minor;                       /* client's HTTP minor version */
+    int status;                      /* response status sent to the client */
+    uint64_t bytes_out;              /* bytes sent to the client */
+    uint32_t head_kept;              /* request head bytes kept at in->start (replay) */
+    uint32_t head_out;               /* rewritten request head bytes still to send */
+    uint16_t port;
+    bool is_head;                    /* HEAD request: response has no body */
+    bool client_close;               /* client asked for close (or HTTP/1.0) */
+    bool upgrade;                    /* client asked for an upgrade */
+    bool expect_continue;
+    bool retried;                    /* already replayed once */
+    bool resp_head_done;             /* response head parsed and queued */
+    bool close_after;                /* close the client once the response is sent */
+    bool backend_close;              /* backend said close / cannot be reused */
+    bool generated;                  /* response made by the proxy, no backend */
+    struct frame req, resp;
+    char host[DOMAIN_MAX + 1];
+    char method[16];
+    char target[256];
+};
+
+struct client {
+    struct loop_fd lfd;
+    struct transport tr;
+    struct loop_timer timer;
+    struct worker *w;
+    struct client *prev, *next;      /* all clients of the worker */
+    struct client *reap_next;
+    struct buf *in, *out;
+    uint32_t in_ok, out_ok;          /* forwardable bytes at the buffers' starts */
+    struct upstream *up;
+    struct exchange *ex;
+    uint8_t state;                   /* enum client_state */
+    bool tls;
+    bool rd_ready, wr_ready;
+    bool rd_eof;                     /* client closed its write side */
+    bool wr_shut;                    /* we shut our write side (tunnel half-close) */
+    bool parked;                     /* TLS handshake waits for a certificate */
+    bool dead;
+    bool deferred;                   /* on the deferred list (pump again soon) */
+    struct client *deferred_next;
+    char addr[INET6_ADDRSTRLEN];
+};
+
+struct proxy_state {
+    struct client clients;           /* list head (sentinel) */
+    struct upstream **idle;          /* [65536] idle backend connections by port */
+    uint16_t *idle_count;            /* [65536] */
+    struct client *reap_clients;
+    struct client *deferred;         /* clients to pump again before sleeping */
+    struct upstream *reap_upstreams;
+    struct exchange *free_ex;
+    unsigned nfree_ex;
+    struct http1_request req;        /* parse scratch */
+    struct http1_response resp;      /* parse scratch */
+    char scratch[BUF_SIZE];          /* head rewriting scratch */
+};
+
+static void client_pump(struct client *cl);
+static void client_close(struct client *cl, const char *why);
+static void upstream_close(struct upstream *up);
+
+/* ------------------------------------------------------------------ */
+/* setup                                                               */
+
+void proxy_init(struct worker *w)
+{
+    struct proxy_state *px = xcalloc(1, sizeof *px);
+
+    px->clients.next = px->clients.prev = &px->clients;
+    px->idle = xcalloc(65536, sizeof *px->idle);
+    px->idle_count = xcalloc(65536, sizeof *px->idle_count);
+    w->px = px;
+}
+
+void proxy_free(struct worker *w)
+{
+    struct proxy_state *px = w->px;
+
+    while (px->clients.next != &px->clients)
+        client_close(px->clients.next, "shutdown");
+    for (int p = 0; p < 65536; p++)
+        while (px->idle[p])
+            upstream_close(px->idle[p]);
+    proxy_reap(w);
+    while (px->free_ex) {
+        struct exchange *e = px->free_ex;
+        px->free_ex = e->next_free;
+        free(e);
+    }
+    free(px->idle);
+    free(px->idle_count);
+    free(px);
+    w->px = NULL;
+}
+
+void proxy_reap(struct worker *w)
+{
+    struct proxy_state *px = w->px;
+
+    while (px->reap_clients) {
+        struct client *cl = px->reap_clients;
+        px->reap_clients = cl->reap_next;
+        free(cl);
+    }
+    while (px->reap_upstreams) {
+        struct upstream *up = px->reap_upstreams;
+        px->reap_upstreams = up->reap_next;
+        free(up);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* exchanges and buffers                                               */
+
+static struct exchange *exchange_get(struct worker *w)
+{
+    struct proxy_state *px = w->px;
+    struct exchange *ex = px->free_ex;
+
+    if (ex) {
+        px->free_ex = ex->next_free;
+        px->nfree_ex--;
+    } else {
+        ex = xmalloc(sizeof *ex);
+    }
+    memset(ex, 0, offsetof(struct exchange, host));
+    ex->host[0] = ex->method[0] = ex->target[0] = '\0';
+    ex->start_ms = loop_now_ms(w->loop);
+    return ex;
+}
+
+static void exchange_put(struct worker *w, struct exchange *ex)
+{
+    struct proxy_state *px = w->px;
+
+    if (px->nfree_ex >= 256) {
+        free(ex);
+        return;
+    }
+    ex->next_free = px->free_ex;
+    px->free_ex = ex;
+    px->nfree_ex++;
+}
+
+static void ensure_in(struct client *cl)
+{
+    if (!cl->in)
+        cl->in = buf_get(&cl->w->bufs);
+}
+
+static void ensure_out(struct client *cl)
+{
+    if (!cl->out)
+        cl->out = buf_get(&cl->w->bufs);
+}
+
+/* Idle connections give their buffers back: an idle keep-alive client costs
+ * only its struct (and the kernel's socket). */
+static void release_idle_buffers(struct client *cl)
+{
+    if (cl->in && buf_len(cl->in) == 0) {
+        buf_put(&cl->w->bufs, cl->in);
+        cl->in = NULL;
+    }
+    if (cl->out && buf_len(cl->out) == 0) {
+        buf_put(&cl->w->bufs, cl->out);
+        cl->out = NULL;
+    }
+}
+
+/* Scans newly arrived bytes of one direction; returns how many of them are
+ * part of the message (-1 on malformed chunked framing). */
+static ssize_t frame_scan(struct frame *f, const char *p, size_t len)
+{
+    switch (f->kind) {
+    case F_NONE:
+        f->done = true;
+        return 0;
+    case F_LENGTH: {
+        size_t n = len < f->remaining ? len : (size_t)f->remaining;
+        f->remaining -= n;
+        if (f->remaining == 0)
+            f->done = true;
+        return (ssize_t)n;
+    }
+    case F_CHUNKED: {
+        ssize_t n = http1_chunked_scan(&f->ch, p, len);
+        if (n >= 0 && f->ch.done)
+            f->done = true;
+        return n;
+    }
+    default:   /* F_CLOSE, F_TUNNEL: everything until EOF */
+        return (ssize_t)len;
+    }
+}
+
+static void frame_init(struct frame *f, enum framing kind, int64_t length)
+{
+    memset(f, 0, sizeof *f);
+    f->kind = (uint8_t)kind;
+    if (kind == F_LENGTH) {
+        f->remaining = (uint64_t)length;
+        f->done = length == 0;
+    }
+    if (kind == F_NONE)
+        f->done = true;
+}
+
+/* ------------------------------------------------------------------ */
+/* timers                                                              */
+
+static void on_client_timeout(struct loop *l, struct loop_timer *t);
+static void on_upstream_timeout(struct loop *l, struct loop_timer *t);
+
+static void client_arm(struct client *cl, uint32_t ms)
+{
+    loop_timer_set(cl->w->loop, &cl->timer, ms, on_client_timeout);
+}
+
+static void upstream_arm(struct upstream *up)
+{
+    uint32_t ms = up->cl ? (uint32_t)up->w->cfg->backend_timeout_ms : UPSTREAM_IDLE_MS;
+    loop_timer_set(up->w->loop, &up->timer, ms, on_upstream_timeout);
+}
+
+/* ------------------------------------------------------------------ */
+/* access log and generated responses                                  */
+
+static void log_access(struct client *cl)
+{
+    struct exchange *ex = cl->ex;
+
+    if (!log_access_enabled() || !ex || ex->status == 0)
+        return;
+    log_info("access %s %s \"%s %s\" %d %llu %llums", cl->addr, ex->host[0] ? ex->host : "-",
+             ex->method[0] ? ex->method : "-", ex->target[0] ? ex->target : "-", ex->status,
+             (unsigned long long)ex->bytes_out,
+             (unsigned long long)(loop_now_ms(cl->w->loop) - ex->start_ms));
+}
+
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 307: return "Temporary Redirect";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default:  return "Error";
+    }
+}
+
+/* Replaces whatever the client would get next with a response made here.
+ * close: close the connection after it (also forced when the request body
+ * was not fully read). location: for redirects, else NULL. */
+static void send_generated(struct client *cl, int status, const char *body, bool close,
+                           const char *location)
+{
+    struct exchange *ex = cl->ex;
+    char loc[DOMAIN_MAX + 600];
+    int n;
+
+    if (!ex->req.done || ex->client_close || cl->w->draining)
+        close = true;
+    ex->close_after = close;
+    ex->generated = true;
+    ex->resp_head_done = true;
+    ex->status = status;
+    loc[0] = '\0';
+    if (location)
+        snprintf(loc, sizeof loc, "Location: %s\r\n", location);
+    ensure_out(cl);
+    cl->out->start = cl->out->end = 0;
+    n = snprintf(cl->out->data, BUF_SIZE,
+                 "HTTP/1.%d %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 "Content-Length: %zu\r\n%sConnection: %s\r\n\r\n%s",
+                 ex->minor, status, status_reason(status), strlen(body), loc,
+                 close ? "close" : "keep-alive", body);
+    if (n < 0 || n >= (int)BUF_SIZE)
+        n = 0;
+    cl->out->end = (uint32_t)n;
+    cl->out_ok = (uint32_t)n;
+    frame_init(&ex->resp, F_NONE, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* backend connections                                                 */
+
+static void on_upstream_event(struct loop *l, struct loop_fd *h, uint32_t ev);
+
+static void pool_remove(struct upstream *up)
+{
+    struct proxy_state *px = up->w->px;
+
+    if (up->pool_prev)
+        up->pool_prev->pool_next = up->pool_next;
+    else if (px->idle[up->port] == up)
+        px->idle[up->port] = up->pool_next;
+    else
+        return;   /* not in the pool */
+    if (up->pool_next)
+        up->pool_next->pool_prev = up->pool_prev;
+    up->pool_prev = up->pool_next = NULL;
+    px->idle_count[up->port]--;
+}
+
+static void upstream_close(struct upstream *up)
+{
+    struct proxy_state *px = up->w->px;
+
+    if (up->dead)
+        return;
+    up->dead = true;
+    pool_remove(up);
+    loop_timer_cancel(up->w->loop, &up->timer);
+    if (up->cl && up->cl->up == up)
+        up->cl->up = NULL;
+    up->cl = NULL;
+    close(up->lfd.fd);
+    up->reap_next = px->reap_upstreams;
+    px->reap_upstreams = up;
+}
+
+/* Returns a finished backend connection to the idle pool (LIFO: the most
+ * recently used is the least likely to have been closed by the backend). */
+static void pool_put(struct upstream *up)
+{
+    struct proxy_state *px = up->w->px;
+
+    up->cl = NULL;
+    if (px->idle_count[up->port] >= IDLE_POOL_PER_PORT || up->w->draining) {
+        upstream_close(up);
+        return;
+    }
+    up->pool_prev = NULL;
+    up->pool_next = px->idle[up->port];
+    if (up->pool_next)
+        up->pool_next->pool_prev = up;
+    px->idle[up->port] = up;
+    px->idle_count[up->port]++;
+    upstream_arm(up);
+}
+
+/* An idle pooled connection if there is one, else a new connect. NULL with
+ * errno when the connect failed at once. */
+static struct upstream *upstream_get(struct worker *w, uint16_t port, bool fresh)
+{
+    struct proxy_state *px = w->px;
+    struct upstream *up = fresh ? NULL : px->idle[port];
+
+    if (up) {
+        pool_remove(up);
+        up->reused = true;
+        return up;
+    }
+    int fd = net_connect_loopback(port);
+    if (fd < 0)
+        return NULL;
+    up = xcalloc(1, sizeof *up);
+    up->lfd.fd = fd;
+    up->lfd.cb = on_upstream_event;
+    up->w = w;
+    up->port = port;
+    if (loop_add_fd(w->loop, &up->lfd) < 0) {
+        int e = errno;
+        close(fd);
+        free(up);
+        errno = e;
+        return NULL;
+    }
+    return up;
+}
+
+static void on_upstream_timeout(struct loop *l, struct loop_timer *t)
+{
+    struct upstream *up = (struct upstream *)((char *)t - offsetof(struct upstream, timer));
+    struct client *cl = up->cl;
+
+    if (!cl) {   /* idle too long in the pool */
+        upstream_close(up);
+        return;
+    }
+    log_warn("backend 127.0.0.1:%u for %s timed out after %d ms", up->port, cl->ex->host,
+             up->w->cfg->backend_timeout_ms);
+    upstream_close(up);
+    if (!cl->ex->resp_head_done) {
+        cl->ex->backend_close = true;
+        send_generated(cl, 504, "Gateway Timeout", false, NULL);
+        client_pump(cl);
+    } else {
+        client_close(cl, "backend timed out mid-response");
+    }
+}
+
+static void on_upstream_event(struct loop *l, struct loop_fd *h, uint32_t ev)
+{
+    struct upstream *up = (struct upstream *)h;
+
+    if (up->dead)
+        return;
+    if (ev & LOOP_READ)
+        up->rd_ready = true;
+    if (ev & LOOP_WRITE)
+        up->wr_ready = true;
+    if (!up->cl) {
+        /* Idle in the pool: any readiness to read means the backend closed
+         * it (or sent bytes nobody asked for). */
+        if (ev & (LOOP_READ | LOOP_ERROR))
+            upstream_close(up);
+        return;
+    }
+    client_pump(up->cl);
+}
+
+/* ------------------------------------------------------------------ */
+/* client connections                                                  */
+
+static void on_client_event(struct loop *l, struct loop_fd *h, uint32_t ev);
+
+void proxy_accept(struct worker *w, int fd, const struct sockaddr *peer, bool tls)
+{
+    struct proxy_state *px = w->px;
+    struct client *cl = xcalloc(1, sizeof *cl);
+    int one = 1;
+
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    cl->lfd.fd = fd;
+    cl->lfd.cb = on_client_event;
+    cl->tr.fd = fd;
+    cl->w = w;
+    cl->tls = tls;
+    net_addr_str(peer, cl->addr, sizeof cl->addr);
+    if (tls && transport_start_tls(&cl->tr) < 0) {
+        log_warn("client %s: cannot start TLS", cl->addr);
+        close(fd);
+        free(cl);
+        return;
+    }
+    if (loop_add_fd(w->loop, &cl->lfd) < 0) {
+        log_warn("client %s: epoll: %s", cl->addr, strerror(errno));
+        transport_close(&cl->tr);
+        free(cl);
+        return;
+    }
+    cl->next = px->clients.next;
+    cl->prev = &px->clients;
+    px->clients.next->prev = cl;
+    px->clients.next = cl;
+    worker_conn_opened(w);
+    cl->state = tls ? C_HANDSHAKE : C_HEAD;
+    client_arm(cl, (uint32_t)w->cfg->client_timeout_ms);
+    /* Data often arrives with the connection (defer-accept-like): try now. */
+    cl->rd_ready = cl->wr_ready = true;
+    client_pump(cl);
+}
+
+static void client_close(struct client *cl, const char *why)
+{
+    struct worker *w = cl->w;
+    struct proxy_state *px = w->px;
+
+    if (cl->dead)
+        return;
+    if (why)
+        log_debug("client %s closed: %s", cl->addr, why);
+    cl->dead = true;
+    if (cl->up)
+        upstream_close(cl->up);
+    if (cl->ex) {
+        exchange_put(w, cl->ex);
+        cl->ex = NULL;
+    }
+    loop_timer_cancel(w->loop, &cl->timer);
+    buf_put(&w->bufs, cl->in);
+    buf_put(&w->bufs, cl->out);
+    cl->in = cl->out = NULL;
+    transport_close(&cl->tr);
+    cl->prev->next = cl->next;
+    cl->next->prev = cl->prev;
+    cl->reap_next = px->reap_clients;
+    px->reap_clients = cl;
+    worker_conn_closed(w);
+}
+
+static void on_client_timeout(struct loop *l, struct loop_timer *t)
+{
+    struct client *cl = (struct client *)((char *)t - offsetof(struct client, timer));
+
+    switch (cl->state) {
+    case C_HANDSHAKE:
+        client_close(cl, "TLS handshake timed out");
+        return;
+    case C_HEAD:
+        if (cl->in && buf_len(cl->in) > 0) {
+            /* A partial head after the whole header timeout: slow client. */
+            cl->ex = exchange_get(cl->w);
+            cl->ex->req.done = true;
+            send_generated(cl, 408, "Request Timeout", true, NULL);
+            client_pump(cl);
+        } else {
+            client_close(cl, "idle keep-alive connection timed out");
+        }
+        return;
+    case C_EXCHANGE:
+        /* Waiting on the backend is the backend timer's business. */
+        if (cl->ex && cl->ex->req.done && !cl->ex->resp_head_done && cl->up) {
+            client_arm(cl, (uint32_t)cl->w->cfg->client_timeout_ms);
+            return;
+        }
+        client_close(cl, "client stalled during a request");
+        return;
+    case C_TUNNEL:
+        client_close(cl, "tunnel idle timeout");
+        return;
+    default:
+        client_close(cl, NULL);
+        return;
+    }
+}
+
+static void on_client_event(struct loop *l, struct loop_fd *h, uint32_t ev)
+{
+    struct client *cl = (struct client *)h;
+
+    if (cl->dead)
+        return;
+    if (ev & LOOP_READ)
+        cl->rd_ready = true;
+    if (ev & LOOP_WRITE)
+        cl->wr_ready = true;
+    if (cl->parked)
+        return;
+    client_pump(cl);
+}
+
+/* ------------------------------------------------------------------ */
+/* request side                                                        */
+
+static void copy_slice(char *dst, size_t cap, struct http1_slice s)
+{
+    size_t n = s.len < cap - 1 ? s.len : cap - 1;
+    memcpy(dst, s.base, n);
+    dst[n] = '\0';
+}
+
+/* Writes the rewritten head of the parsed request into out (staging for the
+ * backend). Returns 0, or -1 when it does not fit. */
+static int stage_request_head(struct client *cl, const struct http1_request *req)
+{
+    struct http1_forward fwd = { .client_addr = cl->addr, .proto = cl->tls ? "https" : "http" };
+    ssize_t n;
+
+    ensure_out(cl);
+    cl->out->start = 0;
+    n = http1_write_request_head(req, &fwd, cl->out->data, BUF_SIZE);
+    if (n < 0) {
+        cl->out->end = 0;
+        return -1;
+    }
+    cl->out->end = (uint32_t)n;
+    cl->ex->head_out = (uint32_t)n;
+    return 0;
+}
+
+/* Attaches a backend connection (pooled or new) to the exchange; on an
+ * immediate connect failure answers 502. */
+static void connect_backend(struct client *cl, bool fresh)
+{
+    struct exchange *ex = cl->ex;
+    struct upstream *up = upstream_get(cl->w, ex->port, fresh);
+
+    if (!up) {
+        log_warn("backend 127.0.0.1:%u for %s: connect: %s", ex->port, ex->host, strerror(errno));
+        send_generated(cl, 502, "Bad Gateway", false, NULL);
+        return;
+    }
+    up->cl = cl;
+    cl->up = up;
+    upstream_arm(up);
+}
+
+/* Redirect plain HTTP to HTTPS (local mode with mkcert, release mode). */
+static void send_https_redirect(struct client *cl, const struct http1_request *req)
+{
+    char loc[DOMAIN_MAX + 600];
+    const struct config *cfg = cl->w->cfg;
+    struct http1_slice t = req->target;
+    int tl = (int)(t.len > 512 ? 512 : t.len);
+
+    if (cfg->https_port == 443)
+        snprintf(loc, sizeof loc, "https://%s%.*s", cl->ex->host, tl, t.base);
+    else
+        snprintf(loc, sizeof loc, "https://%s:%d%.*s", cl->ex->host, cfg->https_port, tl, t.base);
+    send_generated(cl, 307, "Temporary Redirect", false, loc);
+}
+
+/* Sets up the exchange for a parsed request: routing, framing, staging. */
+static void start_request(struct client *cl, const struct http1_request *req, uint32_t head_len)
+{
+    struct exchange *ex = cl->ex;
+    const struct http1_info *inf = &req->info;
+    char host[DOMAIN_MAX + 1];
+    int hl = -1;
+
+    ex->minor = req->minor_version;
+    ex->is_head = http1_slice_eq(req->method, "head");
+    ex->client_close = inf->conn_close;
+    ex->upgrade = inf->conn_upgrade;
+    ex->expect_continue = inf->expect_continue;
+    copy_slice(ex->method, sizeof ex->method, req->method);
+    if (log_access_enabled())
+        copy_slice(ex->target, sizeof ex->target, req->target);
+    if (inf->chunked)
+        frame_init(&ex->req, F_CHUNKED, 0);
+    else if (inf->content_length > 0)
+        frame_init(&ex->req, F_LENGTH, inf->content_length);
+    else
+        frame_init(&ex->req, F_NONE, 0);
+
+    if (inf->host.base)
+        hl = domain_from_host_header(inf->host.base, inf->host.len, host, sizeof host);
+    if (hl > 0)
+        memcpy(ex->host, host, (size_t)hl + 1);
+    else if (inf->host.base)
+        copy_slice(ex->host, sizeof ex->host, inf->host);
+    ex->port = hl > 0 ? routes_lookup(routes_current(), host, (size_t)hl) : 0;
+
+    /* The head leaves `in` now if a body follows it; a body-less request
+     * keeps it there until the response starts, for a replay. */
+    if (ex->req.kind == F_NONE) {
+        ex->head_kept = head_len;
+        cl->in_ok = 0;
+    } else {
+        buf_consume(cl->in, head_len);
+        cl->in_ok = 0;
+    }
+    if (ex->port == 0) {
+        send_generated(cl, 404, "Domain Not Recognized", false, NULL);
+        return;
+    }
+    if (!cl->tls && cl->w->https_enabled && !ex->upgrade) {
+        send_https_redirect(cl, req);
+        return;
+    }
+    if (stage_request_head(cl, req) < 0) {
+        send_generated(cl, 431, "Request Header Fields Too Large", true, NULL);
+        return;
+    }
+    connect_backend(cl, false);
+}
+
+/* Parses a request head from `in` when state is C_HEAD. Returns true when
+ * something changed. */
+static bool parse_request(struct client *cl)
+{
+    struct proxy_state *px = cl->w->px;
+    struct http1_request *req = &px->req;
+    int n;
+
+    if (cl->state != C_HEAD || !cl->in || buf_len(cl->in) == 0)
+        return false;
+    n = http1_parse_request(buf_head(cl->in), buf_len(cl->in), BUF_SIZE, MAX_REQUEST_LINE, req);
+    if (n == HTTP1_INCOMPLETE) {
+        if (buf_room(cl->in) == 0 && cl->in->start > 0)
+            buf_compact(cl->in);
+        return false;
+    }
+    cl->state = C_EXCHANGE;
+    cl->ex = exchange_get(cl->w);
+    if (n == HTTP1_ERROR) {
+        log_info("client %s: bad request: %s", cl->addr, req->error ? req->error : "malformed");
+        cl->ex->req.done = false;   /* forces close: the stream cannot be trusted */
+        cl->ex->minor = 1;
+        send_generated(cl, req->error_status ? req->error_status : 400,
+                       status_reason(req->error_status ? req->error_status : 400), true, NULL);
+        buf_consume(cl->in, buf_len(cl->in));
+        return true;
+    }
+    client_arm(cl, (uint32_t)cl->w->cfg->client_timeout_ms);
+    start_request(cl, req, (uint32_t)n);
+    return true;
+}
+
+/* Scans newly read request body bytes in `in`. */
+static bool scan_request_body(struct client *cl)
+{
+    struct exchange *ex = cl->ex;
+    ssize_t k;
+
+    if (!ex || ex->req.done || ex->head_kept || !cl->in || cl->in_ok >= buf_len(cl->in))
+        return false;
+    if (cl->state != C_EXCHANGE)
+        return false;
+    k = frame_scan(&ex->req, buf_head(cl->in) + cl->in_ok, buf_len(cl->in) - cl->in_ok);
+    if (k < 0) {
+        log_info("client %s: malformed chunked request body", cl->addr);
+        client_close(cl, "malformed chunked body");
+        return true;
+    }
+    cl->in_ok += (uint32_t)k;
+    return k > 0 || ex->req.done;
+}
+
+static bool read_client(struct client *cl)
+{
+    ssize_t n;
+    uint32_t room;
+
+    if (!cl->rd_ready || cl->rd_eof)
+        return false;
+    /* Backpressure: when `in` is full (a body the backend is slow to take,
+     * or pipelined requests waiting their turn) reading stops. Offsets into
+     * `in` are relative to its start, so compacting is always safe. */
+    ensure_in(cl);
+    if (buf_room(cl->in) == 0 && cl->in->start > 0)
+        buf_compact(cl->in);
+    room = buf_room(cl->in);
+    if (room == 0)
+        return false;
+    n = transport_read(&cl->tr, buf_tail(cl->in), room);
+    if (n == TRANSPORT_AGAIN) {
+        cl->rd_ready = false;
+        return false;
+    }
+    if (n == TRANSPORT_ERROR) {
+        client_close(cl, cl->tr.err);
+        return true;
+    }
+    if (n == 0) {
+        cl->rd_eof = true;
+        return true;
+    }
+    if (!cl->tls && (uint32_t)n < room)
+        cl->rd_ready = false;   /* drained: the next arrival is a new edge */
+    cl->in->end += (uint32_t)n;
+    if (cl->state == C_EXCHANGE || cl->state == C_TUNNEL)
+        client_arm(cl, cl->state == C_TUNNEL ? TUNNEL_TIMEOUT_MS : (uint32_t)cl->w->cfg->client_timeout_ms);
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* backend side                                                        */
+
+static bool upstream_check_connected(struct client *cl)
+{
+    struct upstream *up = cl->up;
+    int e = 0;
+    socklen_t len = sizeof e;
+
+    if (up->connected)
+        return true;
+    if (!up->wr_ready && !up->rd_ready)
+        return false;
+    getsockopt(up->lfd.fd, SOL_SOCKET, SO_ERROR, &e, &len);
+    if (e == EINPROGRESS || e == EALREADY)
+        return false;
+    if (e != 0) {
+        log_warn("backend 127.0.0.1:%u for %s: connect: %s", up->port, cl->ex->host, strerror(e));
+        upstream_close(up);
+        cl->ex->backend_close = true;
+        send_generated(cl, 502, "Bad Gateway", false, NULL);
+        return false;
+    }
+    up->connected = true;
+    return true;
+}
+
+/* The backend failed before any response byte: replay the request on a
+ * fresh connection if it was a reused one and the request is replayable,
+ * else answer 502. */
+static void backend_failed(struct client *cl, const char *why)
+{
+    struct exchange *ex = cl->ex;
+    struct upstream *up = cl->up;
+    bool replay = up && up->reused && !ex->retried && ex->head_kept > 0;
+
+    if (up)
+        upstream_close(up);
+    if (replay) {
+        struct http1_request *req = &cl->w->px->req;
+        ex->retried = true;
+        if (http1_parse_request(buf_head(cl->in), ex->head_kept, BUF_SIZE, MAX_REQUEST_LINE, req) ==
+                (int)ex->head_kept &&
+            stage_request_head(cl, req) == 0) {
+            connect_backend(cl, true);
+            return;
+        }
+    }
+    log_warn("backend 127.0.0.1:%u for %s: %s", ex->port, ex->host, why);
+    ex->backend_close = true;
+    send_generated(cl, 502, "Bad Gateway", false, NULL);
+}
+
+static bool write_upstream(struct client *cl)
+{
+    struct upstream *up = cl->up;
+    struct exchange *ex = cl->ex;
+    struct iovec iov[2];
+    int cnt = 0;
+    ssize_t n;
+
+    if (!up || !ex || ex->generated || !upstream_check_connected(cl) || !up->wr_ready)
+        return false;
+    if (cl->state == C_TUNNEL) {
+        if (cl->in_ok == 0)
+            return false;
+        iov[cnt++] = (struct iovec){ buf_head(cl->in), cl->in_ok };
+    } else {
+        if (ex->head_out)
+            iov[cnt++] = (struct iovec){ buf_head(cl->out), ex->head_out };
+        if (!ex->head_kept && cl->in_ok)
+            iov[cnt++] = (struct iovec){ buf_head(cl->in), cl->in_ok };
+    }
+    if (cnt == 0)
+        return false;
+    n = writev(up->lfd.fd, iov, cnt);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            up->wr_ready = false;
+            return false;
+        }
+        if (cl->state == C_TUNNEL) {
+            client_close(cl, "backend write failed in tunnel");
+            return true;
+        }
+        backend_failed(cl, strerror(errno));
+        return true;
+    }
+    size_t want = iov[0].iov_len + (cnt > 1 ? iov[1].iov_len : 0);
+    if ((size_t)n < want)
+        up->wr_ready = false;
+    if (cl->state != C_TUNNEL && ex->head_out) {
+        uint32_t h = (uint32_t)n < ex->head_out ? (uint32_t)n : ex->head_out;
+        buf_consume(cl->out, h);
+        ex->head_out -= h;
+        n -= h;
+        if (ex->head_out == 0) {
+            /* The response goes to `out` after a headroom for its head. */
+            cl->out->start = cl->out->end = OUT_HEADROOM;
+        }
+    }
+    if (n > 0) {
+        buf_consume(cl->in, (uint32_t)n);
+        cl->in_ok -= (uint32_t)n;
+    }
+    upstream_arm(up);
+    return true;
+}
+
+/* Handles a 1xx interim response at out->start; returns false when the
+ * caller should stop (client closed). */
+static void pass_interim(struct client *cl, int status, uint32_t hl)
+{
+    struct exchange *ex = cl->ex;
+
+    /* 100 Continue goes to clients that asked for it, other 1xx (103) to
+     * HTTP/1.1 clients; RFC 9110 15.2: a proxy may drop them for 1.0. */
+    if ((status == 100 && ex->expect_continue) || (status != 100 && ex->minor >= 1)) {
+        cl->out_ok += hl;   /* sent verbatim, in order, before the final head */
+        return;
+    }
+    memmove(buf_head(cl->out) + cl->out_ok, buf_head(cl->out) + cl->out_ok + hl,
+            buf_len(cl->out) - cl->out_ok - hl);
+    cl->out->end -= hl;
+}
+
+/* Parses the response head at out->start + out_ok and rewrites it in place. */
+static bool parse_response(struct client *cl)
+{
+    struct exchange *ex = cl->ex;
+    struct http1_response *resp = &cl->w->px->resp;
+    uint32_t at;
+    int n;
+
+    if (!ex || ex->resp_head_done || ex->generated || ex->head_out || !cl->out)
+        return false;
+    at = cl->out->start + cl->out_ok;
+    if (at >= cl->out->end)
+        return false;
+    n = http1_parse_response(cl->out->data + at, cl->out->end - at, BUF_SIZE - OUT_HEADROOM, resp);
+    if (n == HTTP1_INCOMPLETE) {
+        if (buf_room(cl->out) == 0)
+            goto bad;
+        return false;
+    }
+    if (n == HTTP1_ERROR)
+        goto bad;
+    if (resp->status >= 100 && resp->status < 200 && resp->status != 101) {
+        pass_interim(cl, resp->status, (uint32_t)n);
+        return true;
+    }
+    /* The final response has begun: the request can no longer be replayed. */
+    if (ex->head_kept) {
+        buf_consume(cl->in, ex->head_kept);
+        ex->head_kept = 0;
+    }
+    bool tunnel = resp->status == 101 && ex->upgrade;
+    bool has_body = http1_response_has_body((struct http1_slice){ ex->method, strlen(ex->method) },
+                                            resp->status);
+    if (tunnel)
+        frame_init(&ex->resp, F_TUNNEL, 0);
+    else if (!has_body)
+        frame_init(&ex->resp, F_NONE, 0);
+    else if (resp->info.chunked)
+        frame_init(&ex->resp, F_CHUNKED, 0);
+    else if (resp->info.content_length >= 0)
+        frame_init(&ex->resp, F_LENGTH, resp->info.content_length);
+    else
+        frame_init(&ex->resp, F_CLOSE, 0);
+    ex->backend_close = resp->info.conn_close || ex->resp.kind == F_CLOSE || !ex->req.done;
+    ex->close_after = !tunnel && (ex->client_close || ex->resp.kind == F_CLOSE || !ex->req.done ||
+                                  cl->w->draining);
+    ex->status = resp->status;
+
+    ssize_t hl = http1_write_response_head(resp, ex->close_after, ex->minor, cl->w->px->scratch,
+                                           sizeof cl->w->px->scratch);
+    /* The new head must end where the old one ended, right before the body
+     * bytes; interim responses passed on (out_ok bytes) go right before it.
+     * The headroom in front of `out` makes room when the head grows. */
+    uint32_t end = at + (uint32_t)n;
+    if (hl < 0 || end < (uint32_t)hl + cl->out_ok)
+        goto bad;
+    uint32_t new_at = end - (uint32_t)hl;
+    if (cl->out_ok)
+        memmove(cl->out->data + new_at - cl->out_ok, buf_head(cl->out), cl->out_ok);
+    cl->out->start = new_at - cl->out_ok;
+    memcpy(cl->out->data + new_at, cl->w->px->scratch, (size_t)hl);
+    cl->out_ok += (uint32_t)hl;
+    ex->resp_head_done = true;
+    if (tunnel) {
+        cl->state = C_TUNNEL;
+        cl->in_ok = cl->in ? buf_len(cl->in) : 0;
+        client_arm(cl, TUNNEL_TIMEOUT_MS);
+    }
+    return true;
+bad:
+    log_warn("backend 127.0.0.1:%u for %s: invalid response head: %s", ex->port, ex->host,
+             resp->error ? resp->error : "too large");
+    if (cl->up)
+        upstream_close(cl->up);
+    ex->backend_close = true;
+    if (cl->out_ok == 0) {
+        send_generated(cl, 502, "Bad Gateway", false, NULL);
+        return true;
+    }
+    client_close(cl, "invalid response from backend");
+    return true;
+}
+
+/* Scans newly read response body bytes in `out`. */
+static bool scan_response_body(struct client *cl)
+{
+    struct exchange *ex = cl->ex;
+    ssize_t k;
+
+    if (!ex || !ex->resp_head_done || ex->generated || !cl->out)
+        return false;
+    if (ex->resp.done || cl->out_ok >= buf_len(cl->out))
+        return false;
+    k = frame_scan(&ex->resp, buf_head(cl->out) + cl->out_ok, buf_len(cl->out) - cl->out_ok);
+    if (k < 0) {
+        log_warn("backend 127.0.0.1:%u for %s: malformed chunked response", ex->port, ex->host);
+        client_close(cl, "malformed chunked response");
+        return true;
+    }
+    cl->out_ok += (uint32_t)k;
+    if (ex->resp.done && cl->out_ok < buf_len(cl->out)) {
+        /* Bytes after the declared end: the backend cannot be trusted. */
+        ex->backend_close = true;
+        cl->out->end = cl->out->start + cl->out_ok;
+    }
+    return k > 0 || ex->resp.done;
+}
+
+static bool read_upstream(struct client *cl)
+{
+    struct upstream *up = cl->up;
+    struct exchange *ex = cl->ex;
+    ssize_t n;
+
+    if (!up || !ex || ex->generated || ex->head_out || !up->connected || !up->rd_ready || up->eof)
+        return false;
+    if (ex->resp_head_done && ex->resp.done && cl->state != C_TUNNEL)
+        return false;
+    if (buf_room(cl->out) == 0) {
+        /* The headroom is only needed until the response head is placed. */
+        if (cl->out->start > 0 && ex->resp_head_done)
+            buf_compact(cl->out);
+        else
+            return false;
+    }
+    n = read(up->lfd.fd, buf_tail(cl->out), buf_room(cl->out));
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            up->rd_ready = false;
+            return false;
+        }
+        n = -errno;
+    }
+    if (n <= 0) {
+        /* EOF or error from the backend. */
+        up->eof = true;
+        if (cl->state == C_TUNNEL) {
+            if (!cl->wr_shut && buf_len(cl->out) == 0) {
+                transport_shutdown_write(&cl->tr);
+                cl->wr_shut = true;
+            }
+            return true;
+        }
+        if (!ex->resp_head_done && cl->out_ok == 0 && buf_len(cl->out) == 0) {
+            backend_failed(cl, n == 0 ? "closed the connection before responding" : strerror((int)-n));
+            return true;
+        }
+        if (ex->resp_head_done && ex->resp.kind == F_CLOSE && n == 0) {
+            ex->resp.done = true;
+            ex->backend_close = true;
+            return true;
+        }
+        log_warn("backend 127.0.0.1:%u for %s: connection lost mid-response", ex->port, ex->host);
+        upstream_close(up);
+        if (!ex->resp_head_done && cl->out_ok == 0) {
+            send_generated(cl, 502, "Bad Gateway", false, NULL);
+            return true;
+        }
+        ex->close_after = true;
+        ex->resp.done = true;   /* send what we have, then close */
+        cl->out->end = cl->out->start + cl->out_ok;
+        return true;
+    }
+    if ((size_t)n < buf_room(cl->out))
+        up->rd_ready = false;
+    cl->out->end += (uint32_t)n;
+    if (cl->state == C_TUNNEL)
+        cl->out_ok = buf_len(cl->out);
+    upstream_arm(up);
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* writing to the client and finishing exchanges                       */
+
+static bool write_client(struct client *cl)
+{
+    struct iovec iov;
+    ssize_t n;
+
+    if (!cl->wr_ready || !cl->out || cl->out_ok == 0 || cl->wr_shut)
+        return false;
+    iov.iov_base = buf_head(cl->out);
+    iov.iov_len = cl->out_ok;
+    n = transport_writev(&cl->tr, &iov, 1);
+    if (n == TRANSPORT_AGAIN) {
+        cl->wr_ready = false;
+        return false;
+    }
+    if (n < 0) {
+        client_close(cl, cl->tr.err ? cl->tr.err : "write failed");
+        return true;
+    }
+    if (!cl->tls && (size_t)n < iov.iov_len)
+        cl->wr_ready = false;
+    buf_consume(cl->out, (uint32_t)n);
+    cl->out_ok -= (uint32_t)n;
+    if (cl->ex)
+        cl->ex->bytes_out += (uint64_t)n;
+    if (buf_len(cl->out) == 0 && cl->ex && cl->ex->resp_head_done && !cl->ex->generated)
+        cl->out->start = cl->out->end = 0;
+    client_arm(cl, cl->state == C_TUNNEL ? TUNNEL_TIMEOUT_MS : (uint32_t)cl->w->cfg->client_timeout_ms);
+    return true;
+}
+
+static void start_linger(struct client *cl)
+{
+    transport_shutdown_write(&cl->tr);
+    cl->state = C_LINGER;
+    if (cl->in)
+        cl->in->start = cl->in->end = 0;
+    client_arm(cl, LINGER_MS);
+}
+
+/* The response has been fully sent: log, recycle the backend, then either
+ * wait for the next request or close. */
+static void finish_exchange(struct client *cl)
+{
+    struct exchange *ex = cl->ex;
+    struct upstream *up = cl->up;
+
+    log_access(cl);
+    if (up) {
+        cl->up = NULL;
+        if (ex->backend_close || !ex->req.done || up->eof)
+            upstream_close(up);
+        else
+            pool_put(up);
+    }
+    if (ex->head_kept)
+        buf_consume(cl->in, ex->head_kept);
+    bool close = ex->close_after || cl->rd_eof || cl->w->draining;
+    exchange_put(cl->w, ex);
+    cl->ex = NULL;
+    cl->in_ok = cl->out_ok = 0;
+    if (close) {
+        start_linger(cl);
+        return;
+    }
+    cl->state = C_HEAD;
+    release_idle_buffers(cl);
+    client_arm(cl, (uint32_t)cl->w->cfg->client_timeout_ms);
+}
+
+static bool check_done(struct client *cl)
+{
+    struct exchange *ex = cl->ex;
+
+    if (cl->state == C_TUNNEL) {
+        struct upstream *up = cl->up;
+        /* Half-closes: pass each side's EOF on once its bytes are sent. */
+        if (cl->rd_eof && up && cl->in_ok == 0 && !up->eof) {
+            shutdown(up->lfd.fd, SHUT_WR);
+        }
+        if (up && up->eof && buf_len(cl->out) == 0 && !cl->wr_shut) {
+            transport_shutdown_write(&cl->tr);
+            cl->wr_shut = true;
+        }
+        if ((cl->rd_eof && up && up->eof && buf_len(cl->out) == 0) || !up) {
+            client_close(cl, "tunnel closed");
+            return true;
+        }
+        return false;
+    }
+    if (cl->state != C_EXCHANGE || !ex)
+        return false;
+    if (ex->resp_head_done && ex->resp.done && cl->out_ok == 0 && (ex->req.done || ex->close_after)) {
+        finish_exchange(cl);
+        return true;
+    }
+    if (cl->rd_eof && !ex->req.done && !ex->generated) {
+        client_close(cl, "client closed during the request body");
+        return true;
+    }
+    return false;
+}
+
+static bool do_handshake(struct client *cl)
+{
+    int r;
+
+    if (cl->state != C_HANDSHAKE)
+        return false;
+    r = transport_handshake(&cl->tr);
+    if (r == 0) {
+        cl->state = C_HEAD;
+        cl->rd_ready = true;   /* records may already be buffered */
+        return true;
+    }
+    if (r == TRANSPORT_PARKED) {
+        cl->parked = true;
+        return false;
+    }
+    if (r == TRANSPORT_ERROR) {
+        log_debug("client %s: TLS handshake failed: %s", cl->addr, cl->tr.err);
+        client_close(cl, NULL);
+        return true;
+    }
+    return false;
+}
+
+static bool linger_read(struct client *cl)
+{
+    char sink[4096];
+    ssize_t n;
+
+    if (cl->state != C_LINGER || !cl->rd_ready)
+        return false;
+    n = transport_read(&cl->tr, sink, sizeof sink);
+    if (n == TRANSPORT_AGAIN) {
+        cl->rd_ready = false;
+        return false;
+    }
+    if (n <= 0) {
+        client_close(cl, NULL);
+        return true;
+    }
+    return true;
+}
+
+static void client_pump(struct client *cl)
+{
+    for (int rounds = 0; rounds < 64 && !cl->dead; rounds++) {
+        bool moved = false;
+
+        if (cl->state == C_HANDSHAKE) {
+            moved |= do_handshake(cl);
+            if (cl->dead || cl->state == C_HANDSHAKE)
+                return;
+        }
+        if (cl->state == C_LINGER) {
+            if (!linger_read(cl))
+                return;
+            continue;
+        }
+        moved |= read_client(cl);
+        if (cl->dead) return;
+        moved |= parse_request(cl);
+        if (cl->dead) return;
+        moved |= scan_request_body(cl);
+        if (cl->dead) return;
+        if (cl->state == C_TUNNEL && cl->in)
+            cl->in_ok = buf_len(cl->in);
+        moved |= write_upstream(cl);
+        if (cl->dead) return;
+        moved |= read_upstream(cl);
+        if (cl->dead) return;
+        moved |= parse_response(cl);
+        if (cl->dead) return;
+        moved |= scan_response_body(cl);
+        if (cl->dead) return;
+        moved |= write_client(cl);
+        if (cl->dead) return;
+        moved |= check_done(cl);
+        if (cl->dead) return;
+        if (cl->state == C_HEAD && cl->rd_eof) {
+            /* EOF before a complete head: nothing to answer. */
+            client_close(cl, "client closed");
+            return;
+        }
+        if (!moved)
+            return;
+    }
+    /* Still moving after many rounds (a fast stream): yield to the other
+     * connections; the edge flags are still set, so come back before the
+     * loop sleeps (proxy_run_deferred). */
+    if (!cl->dead && !cl->deferred) {
+        cl->deferred = true;
+        cl->deferred_next = cl->w->px->deferred;
+        cl->w->px->deferred = cl;
+    }
+}
+
+bool proxy_run_deferred(struct worker *w)
+{
+    struct proxy_state *px = w->px;
+    struct client *cl = px->deferred;
+
+    px->deferred = NULL;
+    while (cl) {
+        struct client *next = cl->deferred_next;
+        cl->deferred = false;
+        if (!cl->dead && !cl->parked)
+            client_pump(cl);
+        cl = next;
+    }
+    return px->deferred != NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* shutdown and parked handshakes                                      */
+
+void proxy_drain(struct worker *w)
+{
+    struct proxy_state *px = w->px;
+    struct client *cl = px->clients.next;
+
+    while (cl != &px->clients) {
+        struct client *next = cl->next;
+        if (cl->state == C_HANDSHAKE || cl->state == C_LINGER ||
+            (cl->state == C_HEAD && (!cl->in || buf_len(cl->in) == 0)))
+            client_close(cl, "shutting down");
+        cl = next;
+    }
+    for (int p = 0; p < 65536; p++)
+        while (px->idle[p])
+            upstream_close(px->idle[p]);
+}
+
+void proxy_resume_parked(void *arg)
+{
+    struct worker *w = arg;
+    struct proxy_state *px = w->px;
+    struct client *cl = px->clients.next;
+
+    while (cl != &px->clients) {
+        struct client *next = cl->next;
+        if (cl->parked) {
+            cl->parked = false;
+            client_pump(cl);
+        }
+        cl = next;
+    }
+}
