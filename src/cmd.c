@@ -1,0 +1,510 @@
+/* cmd.c — the UDP command channel: the command parser, and the server on the
+ * main thread's loop that checks the source, applies a batch of commands to a
+ * clone of the route table, saves it once, publishes it and replies.
+ *
+ * Batch semantics (the server's ordering guarantee): commands are handled in
+ * arrival order, as if one by one. Consecutive mutating commands (add,
+ * remove) form a segment that is applied to one clone and saved once; a
+ * list, status or shutdown first commits the open segment (save + publish),
+ * so it sees exactly the state its position implies. Replies go out in
+ * arrival order. If a segment's save fails, every mutating command in it is
+ * answered with the save error and the clone is discarded: memory and file
+ * never disagree. */
+#include "cmd.h"
+#include "log.h"
+#include "loop.h"
+#include "mem.h"
+#include "qsbr.h"
+#include "routes.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- parsing ---- */
+
+#define VERB_LIST "add, remove, list, shutdown or status"
+#define MAX_FIELDS 4   /* one more than any verb takes: enough to count "too many" */
+#define SHOW_MAX 64    /* longest piece of a bad datagram echoed in an error */
+
+/* The grammar, one row per verb. */
+static const struct verb_spec {
+    const char *name;
+    enum cmd_verb verb;
+    int nargs;
+    const char *usage;
+} verb_specs[] = {
+    { "add",      CMD_ADD,      2, "add DOMAIN PORT" },
+    { "remove",   CMD_REMOVE,   1, "remove DOMAIN" },
+    { "list",     CMD_LIST,     0, "list" },
+    { "shutdown", CMD_SHUTDOWN, 0, "shutdown" },
+    { "status",   CMD_STATUS,   1, "status DOMAIN" },
+};
+
+struct field {
+    const char *base;
+    size_t len;
+};
+
+/* Prints at most SHOW_MAX bytes of a field, marking the cut. */
+#define SHOW(f) (int)((f).len > SHOW_MAX ? SHOW_MAX : (f).len), (f).base, ((f).len > SHOW_MAX ? "..." : "")
+
+static const struct verb_spec *find_verb(struct field f)
+{
+    for (size_t i = 0; i < sizeof verb_specs / sizeof verb_specs[0]; i++)
+        if (strlen(verb_specs[i].name) == f.len && memcmp(verb_specs[i].name, f.base, f.len) == 0)
+            return &verb_specs[i];
+    return NULL;
+}
+
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Splits msg on runs of spaces and tabs; returns the number of fields (the
+ * first MAX_FIELDS are stored). */
+static int split_fields(const char *p, const char *end, struct field *f)
+{
+    int n = 0;
+
+    for (;;) {
+        while (p < end && is_blank(*p))
+            p++;
+        if (p == end)
+            return n;
+        const char *start = p;
+        while (p < end && !is_blank(*p))
+            p++;
+        if (n < MAX_FIELDS)
+            f[n] = (struct field){ start, (size_t)(p - start) };
+        n++;
+    }
+}
+
+static int parse_port(struct field f, uint16_t *port, char *err, size_t errlen)
+{
+    uint32_t v = 0;
+
+    for (size_t i = 0; i < f.len; i++) {
+        if (f.base[i] < '0' || f.base[i] > '9') {
+            snprintf(err, errlen, "port must be a decimal number 1..65535, got \"%.*s%s\"", SHOW(f));
+            return -1;
+        }
+        if (v <= 65535)
+            v = v * 10 + (uint32_t)(f.base[i] - '0');
+    }
+    if (v < 1 || v > 65535) {
+        snprintf(err, errlen, "port must be 1..65535, got %.*s%s", SHOW(f));
+        return -1;
+    }
+    *port = (uint16_t)v;
+    return 0;
+}
+
+static int parse_domain(struct field f, struct cmd_command *out, char *err, size_t errlen)
+{
+    const char *why;
+    int n = domain_canonicalize(f.base, f.len, out->domain, sizeof out->domain, &why);
+
+    if (n < 0) {
+        snprintf(err, errlen, "invalid domain \"%.*s%s\": %s; use a host name such as example.com",
+                 SHOW(f), why);
+        return -1;
+    }
+    out->domain_len = (size_t)n;
+    return 0;
+}
+
+int cmd_parse(const char *msg, size_t len, struct cmd_command *out, char *err, size_t errlen)
+{
+    struct field f[MAX_FIELDS];
+    const struct verb_spec *spec;
+    int n;
+
+    memset(out, 0, sizeof *out);
+    /* One trailing "\n" or "\r\n" is tolerated: echo and netcat add them. */
+    if (len > 0 && msg[len - 1] == '\n')
+        len--;
+    if (len > 0 && msg[len - 1] == '\r')
+        len--;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            snprintf(err, errlen, "control character 0x%02x at byte %zu; send one command per "
+                     "datagram as one line of text, e.g. \"add example.com 5665\"", c, i);
+            return -1;
+        }
+    }
+    n = split_fields(msg, msg + len, f);
+    if (n == 0) {
+        snprintf(err, errlen, "empty command; expected " VERB_LIST);
+        return -1;
+    }
+    if (!(spec = find_verb(f[0]))) {
+        snprintf(err, errlen, "unknown command \"%.*s%s\"; expected " VERB_LIST, SHOW(f[0]));
+        return -1;
+    }
+    if (n - 1 != spec->nargs) {
+        snprintf(err, errlen, "%s takes %d argument%s, got %d; usage: %s", spec->name, spec->nargs,
+                 spec->nargs == 1 ? "" : "s", n - 1, spec->usage);
+        return -1;
+    }
+    out->verb = spec->verb;
+    if (spec->nargs >= 1 && parse_domain(f[1], out, err, errlen) < 0)
+        return -1;
+    if (spec->nargs >= 2 && parse_port(f[2], &out->port, err, errlen) < 0)
+        return -1;
+    return 0;
+}
+
+/* ---- the server ---- */
+
+#define BATCH_MAX 256          /* datagrams drained per readiness event */
+#define REPLY_TEXT_MAX 512     /* longest single-datagram reply (errors, status) */
+#define RECLAIM_MS 100         /* retry freeing retired snapshots this often */
+
+enum item_state {
+    ITEM_READY,     /* reply text is final */
+    ITEM_PENDING,   /* mutating: reply text unless the segment's save fails */
+    ITEM_UNSAVED,   /* mutating, its segment's save failed: reply cs_save_err */
+    ITEM_SENT,      /* replied already (list, status, shutdown), or dropped */
+};
+
+struct item {
+    struct sockaddr_storage it_src;
+    char it_buf[CMD_DATAGRAM_MAX];
+    struct cmd_command it_cmd;
+    enum item_state it_state;
+    char it_reply[REPLY_TEXT_MAX];
+};
+
+struct change {
+    size_t ch_item;       /* the command that made it */
+    uint16_t ch_old;      /* 0: the route is new */
+    uint16_t ch_new;      /* 0: the route was removed */
+};
+
+struct cmd_server {
+    struct loop_fd cs_lfd;             /* the UDP socket; first, for the callback */
+    struct loop *cs_loop;
+    char *cs_path;                     /* routes file */
+    struct cmd_hooks cs_hooks;
+    struct loop_timer cs_reclaim;      /* armed while retired snapshots wait */
+    struct item *cs_items;             /* BATCH_MAX receive slots */
+    struct mmsghdr cs_msgs[BATCH_MAX];
+    struct iovec cs_iov[BATCH_MAX];
+    size_t cs_sent;                    /* items [0, cs_sent) of this batch are answered */
+    struct routes *cs_work;            /* the open segment's clone; NULL: no segment */
+    struct change cs_changes[BATCH_MAX];
+    size_t cs_nchanges;
+    bool cs_shutdown;                  /* a shutdown was answered in this batch */
+    char cs_save_err[8192];            /* reply for ITEM_UNSAVED commands */
+    char cs_list[CMD_REPLY_MAX];       /* list reply datagram being filled */
+};
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        /* A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d. */
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
+/* "192.0.2.1:5000" or "[2001:db8::1]:5000", for log lines. */
+static const char *format_addr(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host);
+        snprintf(buf, cap, "%s:%u", host, ntohs(sin->sin_port));
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host);
+        snprintf(buf, cap, "[%s]:%u", host, ntohs(sin6->sin6_port));
+    } else {
+        snprintf(buf, cap, "(address family %d)", ss->ss_family);
+    }
+    return buf;
+}
+
+static socklen_t addr_len(const struct sockaddr_storage *ss)
+{
+    return ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+}
+
+static void send_reply(struct cmd_server *s, const struct item *it, const char *text, size_t len)
+{
+    char addr[80];
+
+    /* A full send buffer on loopback is the client's problem: log and go on. */
+    if (sendto(s->cs_lfd.fd, text, len, MSG_DONTWAIT, (const struct sockaddr *)&it->it_src,
+               addr_len(&it->it_src)) < 0)
+        log_warn("command reply to %s: %s", format_addr(&it->it_src, addr, sizeof addr),
+                 strerror(errno));
+}
+
+static void send_text(struct cmd_server *s, const struct item *it, const char *text)
+{
+    send_reply(s, it, text, strlen(text));
+}
+
+/* Sends the replies of items [cs_sent, upto) in order. */
+static void send_ready(struct cmd_server *s, size_t upto)
+{
+    for (; s->cs_sent < upto; s->cs_sent++) {
+        struct item *it = &s->cs_items[s->cs_sent];
+        if (it->it_state == ITEM_UNSAVED)
+            send_text(s, it, s->cs_save_err);
+        else if (it->it_state != ITEM_SENT)
+            send_text(s, it, it->it_reply);
+        it->it_state = ITEM_SENT;
+    }
+}
+
+static void on_reclaim(struct loop *l, struct loop_timer *t)
+{
+    qsbr_reclaim();
+    if (qsbr_pending() > 0)
+        loop_timer_set(l, t, RECLAIM_MS, on_reclaim);
+}
+
+static void log_change(const struct change *ch, const struct cmd_command *c)
+{
+    if (ch->ch_old == 0)
+        log_info("route added %s -> 127.0.0.1:%u", c->domain, ch->ch_new);
+    else if (ch->ch_new == 0)
+        log_info("route removed %s (was 127.0.0.1:%u)", c->domain, ch->ch_old);
+    else
+        log_info("route changed %s port %u -> %u", c->domain, ch->ch_old, ch->ch_new);
+}
+
+/* Commits the open segment: save once, publish, log, hooks; on a failed save
+ * every mutating command of the segment gets the error. Then sends every
+ * reply before item `upto`. */
+static void commit_segment(struct cmd_server *s, size_t upto)
+{
+    char cause[4600];
+
+    if (s->cs_work && s->cs_nchanges > 0) {
+        if (routes_save_file(s->cs_work, s->cs_path, cause, sizeof cause) == 0) {
+            routes_publish(s->cs_work);
+            for (size_t i = 0; i < s->cs_nchanges; i++)
+                log_change(&s->cs_changes[i], &s->cs_items[s->cs_changes[i].ch_item].it_cmd);
+            for (size_t i = 0; i < s->cs_nchanges && s->cs_hooks.on_route_added; i++)
+                if (s->cs_changes[i].ch_new != 0)
+                    s->cs_hooks.on_route_added(s->cs_items[s->cs_changes[i].ch_item].it_cmd.domain,
+                                               s->cs_hooks.arg);
+            qsbr_reclaim();
+            if (qsbr_pending() > 0 && !loop_timer_armed(&s->cs_reclaim))
+                loop_timer_set(s->cs_loop, &s->cs_reclaim, RECLAIM_MS, on_reclaim);
+        } else {
+            log_error("could not save routes to %s: %s; %zu change%s not applied", s->cs_path,
+                      cause, s->cs_nchanges, s->cs_nchanges == 1 ? "" : "s");
+            routes_free(s->cs_work);
+            snprintf(s->cs_save_err, sizeof s->cs_save_err,
+                     "error: could not save routes to %s: %s", s->cs_path, cause);
+            for (size_t i = s->cs_sent; i < upto; i++)
+                if (s->cs_items[i].it_state == ITEM_PENDING)
+                    s->cs_items[i].it_state = ITEM_UNSAVED;
+        }
+    } else {
+        routes_free(s->cs_work);   /* only no-op adds or failed removes: nothing to save */
+    }
+    s->cs_work = NULL;
+    s->cs_nchanges = 0;
+    send_ready(s, upto);
+}
+
+/* add/remove against the open segment's clone. */
+static void apply_mutation(struct cmd_server *s, size_t idx)
+{
+    struct item *it = &s->cs_items[idx];
+    const struct cmd_command *c = &it->it_cmd;
+    uint16_t old;
+
+    if (!s->cs_work)
+        s->cs_work = routes_clone(routes_current());
+    old = routes_lookup(s->cs_work, c->domain, c->domain_len);
+    it->it_state = ITEM_PENDING;
+    snprintf(it->it_reply, REPLY_TEXT_MAX, "ok");
+    if (c->verb == CMD_ADD) {
+        if (old == c->port)
+            return;   /* identical to the current route: ok, nothing to save */
+        routes_set(s->cs_work, c->domain, c->domain_len, c->port);
+        s->cs_changes[s->cs_nchanges++] = (struct change){ idx, old, c->port };
+    } else if (old == 0) {
+        snprintf(it->it_reply, REPLY_TEXT_MAX,
+                 "error: no route for %s; nothing to remove (list shows the routes)", c->domain);
+    } else {
+        routes_remove(s->cs_work, c->domain, c->domain_len);
+        s->cs_changes[s->cs_nchanges++] = (struct change){ idx, old, 0 };
+    }
+}
+
+/* "DOMAIN PORT\n" lines sorted, then "ok", in datagrams of at most
+ * CMD_REPLY_MAX bytes split at line boundaries. */
+static void reply_list(struct cmd_server *s, const struct item *it)
+{
+    size_t n, len = 0;
+    struct routes_entry *e = routes_sorted(routes_current(), &n);
+    char line[DOMAIN_MAX + 16];
+
+    for (size_t i = 0; i < n; i++) {
+        int w = snprintf(line, sizeof line, "%s %u\n", e[i].name, e[i].port);
+        if (len + (size_t)w > sizeof s->cs_list) {
+            send_reply(s, it, s->cs_list, len);
+            len = 0;
+        }
+        memcpy(s->cs_list + len, line, (size_t)w);
+        len += (size_t)w;
+    }
+    if (len + 2 > sizeof s->cs_list) {
+        send_reply(s, it, s->cs_list, len);
+        len = 0;
+    }
+    memcpy(s->cs_list + len, "ok", 2);
+    send_reply(s, it, s->cs_list, len + 2);
+    free(e);
+}
+
+static void reply_status(struct cmd_server *s, const struct item *it)
+{
+    const struct cmd_command *c = &it->it_cmd;
+    uint16_t port = routes_lookup(routes_current(), c->domain, c->domain_len);
+    char text[REPLY_TEXT_MAX];
+
+    if (port)
+        snprintf(text, sizeof text, "%s %u", c->domain, port);
+    else
+        snprintf(text, sizeof text, "error: no route for %s", c->domain);
+    send_text(s, it, text);
+}
+
+/* One received datagram: source check, size check, parse, then apply or
+ * answer at its position. */
+static void handle_datagram(struct cmd_server *s, size_t idx, size_t len, int flags)
+{
+    struct item *it = &s->cs_items[idx];
+    char err[REPLY_TEXT_MAX - 8], addr[80];
+
+    if (!is_loopback(&it->it_src)) {
+        /* The only access control: never answer, never act. */
+        log_warn("dropped command datagram from %s: not a loopback address (commands are "
+                 "accepted from this machine only)", format_addr(&it->it_src, addr, sizeof addr));
+        it->it_state = ITEM_SENT;
+        return;
+    }
+    it->it_state = ITEM_READY;
+    if ((flags & MSG_TRUNC) || len > CMD_DATAGRAM_MAX) {
+        snprintf(it->it_reply, REPLY_TEXT_MAX, "error: command of %zu bytes is longer than the "
+                 "%d-byte limit; send one command per datagram", len, CMD_DATAGRAM_MAX);
+        return;
+    }
+    if (cmd_parse(it->it_buf, len, &it->it_cmd, err, sizeof err) < 0) {
+        snprintf(it->it_reply, REPLY_TEXT_MAX, "error: %s", err);
+        return;
+    }
+    switch (it->it_cmd.verb) {
+    case CMD_ADD:
+    case CMD_REMOVE:
+        apply_mutation(s, idx);
+        return;
+    case CMD_LIST:
+        commit_segment(s, idx);
+        reply_list(s, it);
+        break;
+    case CMD_STATUS:
+        commit_segment(s, idx);
+        reply_status(s, it);
+        break;
+    case CMD_SHUTDOWN:
+        commit_segment(s, idx);
+        send_text(s, it, "ok");
+        log_info("shutdown requested over the command port");
+        s->cs_shutdown = true;
+        break;
+    }
+    it->it_state = ITEM_SENT;
+    s->cs_sent = idx + 1;
+}
+
+static void on_readable(struct loop *l, struct loop_fd *h, uint32_t events)
+{
+    struct cmd_server *s = (struct cmd_server *)h;   /* cs_lfd is the first member */
+    int n;
+
+    for (int i = 0; i < BATCH_MAX; i++) {
+        s->cs_iov[i] = (struct iovec){ s->cs_items[i].it_buf, CMD_DATAGRAM_MAX };
+        s->cs_msgs[i].msg_hdr = (struct msghdr){
+            .msg_name = &s->cs_items[i].it_src, .msg_namelen = sizeof s->cs_items[i].it_src,
+            .msg_iov = &s->cs_iov[i], .msg_iovlen = 1 };
+    }
+    /* MSG_TRUNC: msg_len is the datagram's real length, so an oversized
+     * command is detected and refused rather than parsed cut short. */
+    n = recvmmsg(h->fd, s->cs_msgs, BATCH_MAX, MSG_DONTWAIT | MSG_TRUNC, NULL);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            log_warn("command port: recvmmsg: %s", strerror(errno));
+        return;
+    }
+    s->cs_sent = 0;
+    for (int i = 0; i < n; i++)
+        handle_datagram(s, (size_t)i, s->cs_msgs[i].msg_len, s->cs_msgs[i].msg_hdr.msg_flags);
+    commit_segment(s, (size_t)n);
+    if (s->cs_shutdown) {
+        s->cs_shutdown = false;
+        if (s->cs_hooks.on_shutdown)
+            s->cs_hooks.on_shutdown(s->cs_hooks.arg);   /* may call cmd_server_close(s) */
+    }
+}
+
+struct cmd_server *cmd_server_start(struct loop *l, int udp_fd, const char *routes_path,
+                                    const struct cmd_hooks *hooks)
+{
+    struct cmd_server *s = xcalloc(1, sizeof *s);
+
+    s->cs_lfd = (struct loop_fd){ .fd = udp_fd, .cb = on_readable };
+    s->cs_loop = l;
+    s->cs_path = xstrdup(routes_path);
+    if (hooks)
+        s->cs_hooks = *hooks;
+    s->cs_items = xcalloc(BATCH_MAX, sizeof *s->cs_items);
+    if (loop_add_fd_level(l, &s->cs_lfd, false) < 0) {
+        log_error("command port: watching the UDP socket: %s", strerror(errno));
+        close(udp_fd);
+        free(s->cs_items);
+        free(s->cs_path);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void cmd_server_close(struct cmd_server *s)
+{
+    if (!s)
+        return;
+    loop_del_fd(s->cs_loop, &s->cs_lfd);
+    close(s->cs_lfd.fd);
+    if (loop_timer_armed(&s->cs_reclaim))
+        loop_timer_cancel(s->cs_loop, &s->cs_reclaim);
+    qsbr_reclaim();
+    free(s->cs_items);
+    free(s->cs_path);
+    free(s);
+}
