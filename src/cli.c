@@ -1,0 +1,206 @@
+/* cli.c — server flags: defaults, parsing, --help and --version. */
+#include "cli.h"
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef CORE_DEFAULT_RELEASE
+#define CORE_DEFAULT_RELEASE 0
+#endif
+
+static const char usage_text[] =
+    "usage: core_server [flags]                 run the server (foreground in local mode)\n"
+    "       core_server add DOMAIN PORT         route DOMAIN to 127.0.0.1:PORT\n"
+    "       core_server remove DOMAIN           remove DOMAIN's route\n"
+    "       core_server list                    print the routes, one \"DOMAIN PORT\" per line\n"
+    "       core_server status DOMAIN           print DOMAIN's route\n"
+    "       core_server shutdown                stop the running server gracefully\n"
+    "  (subcommands take --udp-port N before or after their arguments)\n"
+    "\n"
+    "flags:\n"
+    "  --http-port N          plain HTTP port (default 80)\n"
+    "  --https-port N         HTTPS port (default 443)\n"
+    "  --udp-port N           command port, loopback senders only (default 40608)\n"
+    "  --config-dir DIR       where forward_targets.txt (the routes) lives\n"
+    "                         (default $XDG_CONFIG_HOME/core-web-server, else ~/.config/core-web-server)\n"
+    "  --certs-dir DIR        certificates (default ./certs in local mode, ~/certs in release mode)\n"
+    "  --workers N            event-loop threads (default: number of CPUs)\n"
+    "  --max-connections N    open client connections at most (default 20000)\n"
+    "  --client-timeout S     seconds for a request head, an idle keep-alive connection or a\n"
+    "                         stalled client (default 60)\n"
+    "  --backend-timeout S    seconds for a backend to accept and answer, else 504 (default 60)\n"
+    "  --drain-timeout S      seconds to finish in-flight requests at shutdown (default 30)\n"
+    "  --no-access-log        do not log one line per request\n"
+    "  --local                local dev mode: HTTPS with mkcert when it is installed\n"
+    "  --release              release mode: Let's Encrypt certificates (not implemented yet)\n"
+    "  --version              print the version\n"
+    "  --help                 print this help\n";
+
+static void default_dirs(struct config *cfg)
+{
+    const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+
+    if (xdg && *xdg)
+        snprintf(cfg->config_dir, sizeof cfg->config_dir, "%s/core-web-server", xdg);
+    else
+        snprintf(cfg->config_dir, sizeof cfg->config_dir, "%s/.config/core-web-server",
+                 home && *home ? home : ".");
+    cfg->certs_dir[0] = '\0';   /* filled after parsing: depends on the mode */
+}
+
+static void defaults(struct config *cfg)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+    memset(cfg, 0, sizeof *cfg);
+    cfg->release = CORE_DEFAULT_RELEASE;
+    cfg->http_port = 80;
+    cfg->https_port = 443;
+    cfg->udp_port = 40608;
+    cfg->workers = ncpu > 0 ? (int)ncpu : 1;
+    cfg->access_log = true;
+    cfg->drain_ms = 30000;
+    cfg->max_conns = 20000;
+    cfg->client_timeout_ms = 60000;
+    cfg->backend_timeout_ms = 60000;
+    default_dirs(cfg);
+}
+
+static int bad(const char *flag, const char *why)
+{
+    fprintf(stderr, "core_server: %s: %s (see ./core_server --help)\n", flag, why);
+    return -1;
+}
+
+/* Parses a decimal integer in [lo, hi]; returns 0 or -1. */
+static int parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    long v;
+
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+struct int_flag {
+    const char *name;
+    long lo, hi;
+    size_t offset;     /* into struct config */
+    int scale;         /* seconds -> ms */
+    const char *what;
+};
+
+static const struct int_flag int_flags[] = {
+    { "--http-port", 1, 65535, offsetof(struct config, http_port), 1, "a port number 1-65535" },
+    { "--https-port", 1, 65535, offsetof(struct config, https_port), 1, "a port number 1-65535" },
+    { "--udp-port", 1, 65535, offsetof(struct config, udp_port), 1, "a port number 1-65535" },
+    { "--workers", 1, 256, offsetof(struct config, workers), 1, "a thread count 1-256" },
+    { "--max-connections", 1, 10000000, offsetof(struct config, max_conns), 1, "a count >= 1" },
+    { "--client-timeout", 1, 86400, offsetof(struct config, client_timeout_ms), 1000, "seconds 1-86400" },
+    { "--backend-timeout", 1, 86400, offsetof(struct config, backend_timeout_ms), 1000, "seconds 1-86400" },
+    { "--drain-timeout", 0, 3600, offsetof(struct config, drain_ms), 1000, "seconds 0-3600" },
+};
+
+/* Splits "--flag=value"; returns the value or NULL, and the flag's length. */
+static const char *split_eq(const char *arg, size_t *flen)
+{
+    const char *eq = strchr(arg, '=');
+    *flen = eq ? (size_t)(eq - arg) : strlen(arg);
+    return eq ? eq + 1 : NULL;
+}
+
+static int parse_dir(const char *flag, const char *v, char *dst, size_t cap)
+{
+    if (!v || !*v)
+        return bad(flag, "needs a directory");
+    if (strlen(v) >= cap - 64)
+        return bad(flag, "path too long");
+    snprintf(dst, cap, "%s", v);
+    return 0;
+}
+
+/* One flag at argv[*i]; advances *i past its value. */
+static int parse_one(int argc, char **argv, int *i, struct config *cfg)
+{
+    const char *arg = argv[*i];
+    size_t flen;
+    const char *v = split_eq(arg, &flen);
+    char flag[64];
+
+    snprintf(flag, sizeof flag, "%.*s", (int)(flen < 63 ? flen : 63), arg);
+    for (size_t k = 0; k < sizeof int_flags / sizeof int_flags[0]; k++) {
+        const struct int_flag *f = &int_flags[k];
+        int val;
+        if (strcmp(flag, f->name) != 0)
+            continue;
+        if (!v && *i + 1 < argc)
+            v = argv[++*i];
+        if (!v)
+            return bad(flag, "needs a value");
+        if (parse_int(v, f->lo, f->hi, &val) < 0) {
+            char why[160];
+            snprintf(why, sizeof why, "\"%s\" is not %s", v, f->what);
+            return bad(flag, why);
+        }
+        *(int *)((char *)cfg + f->offset) = val * f->scale;
+        return 0;
+    }
+    if (!strcmp(flag, "--config-dir") || !strcmp(flag, "--certs-dir")) {
+        if (!v && *i + 1 < argc)
+            v = argv[++*i];
+        return flag[2] == 'c' && flag[3] == 'o'
+                   ? parse_dir(flag, v, cfg->config_dir, sizeof cfg->config_dir)
+                   : parse_dir(flag, v, cfg->certs_dir, sizeof cfg->certs_dir);
+    }
+    if (v)
+        return bad(flag, "takes no value");
+    if (!strcmp(flag, "--no-access-log"))
+        cfg->access_log = false;
+    else if (!strcmp(flag, "--local"))
+        cfg->release = false;
+    else if (!strcmp(flag, "--release"))
+        cfg->release = true;
+    else
+        return bad(flag, "unknown flag");
+    return 0;
+}
+
+int cli_parse(int argc, char **argv, struct config *cfg)
+{
+    defaults(cfg);
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(usage_text, stdout);
+            return 1;
+        }
+        if (!strcmp(argv[i], "--version")) {
+            printf("core_server %s (%s mode by default)\n", CORE_VERSION,
+                   CORE_DEFAULT_RELEASE ? "release" : "local");
+            return 1;
+        }
+        if (strncmp(argv[i], "--", 2) != 0)
+            return bad(argv[i], "unexpected argument (subcommands are add, remove, list, status, shutdown)");
+        if (parse_one(argc, argv, &i, cfg) < 0)
+            return -1;
+    }
+    if (cfg->http_port == cfg->https_port)
+        return bad("--https-port", "must differ from --http-port");
+    if (!cfg->certs_dir[0]) {
+        const char *home = getenv("HOME");
+        if (cfg->release)
+            snprintf(cfg->certs_dir, sizeof cfg->certs_dir, "%s/certs", home && *home ? home : ".");
+        else
+            snprintf(cfg->certs_dir, sizeof cfg->certs_dir, "certs");
+    }
+    snprintf(cfg->routes_path, sizeof cfg->routes_path, "%s/forward_targets.txt", cfg->config_dir);
+    return 0;
+}
