@@ -148,8 +148,8 @@ static enum lookup lookup(const struct cert_table *t, const char *name, size_t l
 enum certs_result certs_get(const char *domain, size_t len, SSL_CTX **ctx)
 {
     struct cert_table *t = atomic_load_explicit(&store, memory_order_acquire);
-    if (!t)
-        return CERTS_FAILED;   /* not initialised, or shut down */
+    if (!t || len == 0 || len > DOMAIN_MAX)
+        return CERTS_FAILED;   /* not initialised or shut down; or not a domain */
 
     switch (lookup(t, domain, len, ctx)) {
     case LOOKUP_READY:
@@ -368,6 +368,21 @@ out:
     return ret;
 }
 
+/* Makes a new certificate for name into the two files, by the source
+ * chosen at startup. Blocking; returns 0, or -1 with the cause in err. */
+static int make_new(const char *name, const char *cert_path, const char *key_path,
+                    char *err, size_t errlen)
+{
+    switch (source) {
+    case CERTS_MKCERT:
+        return make_pair(name, cert_path, key_path, err, errlen);
+    case CERTS_ACME:   /* the RFC 8555 client plugs in here (issue 3) */
+    default:
+        set_err(err, errlen, "release mode (ACME) is not implemented yet");
+        return -1;
+    }
+}
+
 /* Gets name's certificate from disk, or makes one, and publishes the
  * outcome. */
 static void obtain(const char *name, size_t len)
@@ -391,7 +406,7 @@ static void obtain(const char *name, size_t len)
             log_info("certs %s: not using the files on disk (%s); making new ones", name, err);
         }
     }
-    if (!ctx && make_pair(name, cert_path, key_path, err, sizeof err) == 0) {
+    if (!ctx && make_new(name, cert_path, key_path, err, sizeof err) == 0) {
         ctx = load_pair(name, cert_path, key_path, &not_after, err, sizeof err);
         if (ctx)
             log_info("certs %s: made %s with mkcert in %llu ms", name, cert_path,
@@ -484,6 +499,10 @@ static int make_dir(const char *path, char *err, size_t errlen)
 int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_path,
                char *err, size_t errlen)
 {
+    if (thread_started) {
+        set_err(err, errlen, "certs: already initialised");
+        return -1;
+    }
     if (src == CERTS_ACME) {
         set_err(err, errlen, "release mode (ACME) is not implemented yet (use --local)");
         return -1;

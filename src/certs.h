@@ -19,14 +19,17 @@ enum certs_source {
 enum certs_result {
     CERTS_READY,    /* *ctx set: valid until the calling thread's next QSBR quiescent state */
     CERTS_PENDING,  /* being obtained; subscribers are told when it is done */
-    CERTS_FAILED    /* could not be obtained recently; the handshake should fail */
+    CERTS_FAILED    /* the last attempt failed less than 30 s ago (it was logged);
+                       the handshake should fail. The next call after that retries. */
 };
 
-/* mkcert_path: absolute path of mkcert (local mode). Starts the background
- * thread. Returns 0, or -1 with err. */
+/* mkcert_path: absolute path of mkcert (local mode). Creates certs_dir
+ * (mode 0700) if missing and starts the background thread. CERTS_ACME is
+ * refused for now. Returns 0, or -1 with err. */
 int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_path,
                char *err, size_t errlen);
-/* Stops the background thread and frees the store (at exit). */
+/* Stops the background thread and frees the store (at exit, once no worker
+ * calls certs_get any more). Waits for a certificate being made (bounded). */
 void certs_shutdown(void);
 
 /* Called on a worker thread (from the client-hello callback) with a

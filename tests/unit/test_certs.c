@@ -171,6 +171,31 @@ static void test_pair_on_disk_loaded_without_mkcert(const char *dir)
     CHECK(certs_get("made.test", 9, &ctx) == CERTS_FAILED);
 }
 
+/* A stand-in mkcert that fails: the error names the exit status and the
+ * last line it printed; one that "succeeds" without files is an error too. */
+static void test_mkcert_failure_reported(const char *tmp)
+{
+    char fake[512], cert[512], key[512], err[512] = "";
+    FILE *f;
+
+    fmt(fake, sizeof fake, "%s/fake-mkcert", tmp);
+    fmt(cert, sizeof cert, "%s/f-cert.pem", tmp);
+    fmt(key, sizeof key, "%s/f-key.pem", tmp);
+    f = fopen(fake, "w");
+    fputs("#!/bin/sh\necho 'Created a new local CA' >&2\necho \"ERROR: bad name $5\" >&2\nexit 3\n", f);
+    fclose(f);
+    chmod(fake, 0755);
+    CHECK(mkcert_make(fake, "f.test", cert, key, err, sizeof err) == -1);
+    CHECK(strstr(err, "exit status 3") != NULL);
+    CHECK(strstr(err, "ERROR: bad name f.test") != NULL);
+
+    f = fopen(fake, "w");
+    fputs("#!/bin/sh\nexit 0\n", f);
+    fclose(f);
+    CHECK(mkcert_make(fake, "f.test", cert, key, err, sizeof err) == -1);
+    CHECK(strstr(err, "missing") != NULL);
+}
+
 int main(void)
 {
     char tmpl[] = "/tmp/core_test_certs_XXXXXX";
@@ -202,6 +227,7 @@ int main(void)
     certs_subscribe(l, on_certs_done, NULL);   /* shutdown forgets subscribers */
     test_pair_on_disk_loaded_without_mkcert(dir);
 
+    test_mkcert_failure_reported(tmpl);
     CHECK(mkcert_make("/nonexistent/mkcert", "x.test", "/tmp/x", "/tmp/y", err, sizeof err) == -1);
     CHECK(strstr(err, "/nonexistent/mkcert") != NULL);
 

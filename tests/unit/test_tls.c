@@ -71,6 +71,16 @@ static void on_client_info(const SSL *s, int where, int ret)
         alert_received = ret & 0xff;
 }
 
+/* ClientHellos the client sent (2 after a HelloRetryRequest). */
+static int client_hellos;
+static void on_client_msg(int write_p, int version, int content_type, const void *buf,
+                          size_t len, SSL *s, void *arg)
+{
+    if (write_p && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+        ((const unsigned char *)buf)[0] == SSL3_MT_CLIENT_HELLO)
+        client_hellos++;
+}
+
 /* One connection: a client SSL and the server SSL under test. */
 struct pair {
     int fd[2];
@@ -239,6 +249,22 @@ static void test_ready_handshakes(SSL_CTX *cctx)
     CHECK(SSL_session_reused(p.c) == 1);
     pair_close(&p);
     SSL_SESSION_free(sess);
+
+    /* A key share the server does not take (ffdhe2048) makes it send a
+     * HelloRetryRequest: the second ClientHello reaches the switched-to
+     * context, which must finish the handshake the same way. */
+    SSL_CTX *chrr = client_ctx(0);
+    CHECK(SSL_CTX_set1_groups_list(chrr, "ffdhe2048:X25519") == 1);
+    SSL_CTX_set_msg_callback(chrr, on_client_msg);
+    client_hellos = 0;
+    pair_open(&p, chrr, "good.test");
+    CHECK(pump(&p) == DONE);
+    CHECK(client_hellos == 2);
+    CHECK(SSL_version(p.c) == TLS1_3_VERSION);
+    CHECK(SSL_get_verify_result(p.c) == X509_V_OK);
+    CHECK(alpn_is(p.c, "http/1.1"));
+    pair_close(&p);
+    SSL_CTX_free(chrr);
 
     /* TLS 1.2: ECDHE key exchange, ALPN from the base settings. */
     SSL_CTX *c12 = client_ctx(TLS1_2_VERSION);
