@@ -68,15 +68,18 @@ test: test-deps
 	$(MAKE) integration
 
 # Sanitizer build: separate object dir so it never mixes with the optimised build.
+# Every step of test-asan passes the same variables: a plain `$(MAKE) integration`
+# would see build/ missing and silently rebuild ./core_server without ASan.
+ASAN_VARS := BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+             LDFLAGS="-fsanitize=address,undefined"
+
 asan:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	        LDFLAGS="-fsanitize=address,undefined" core_server
+	$(MAKE) $(ASAN_VARS) core_server
 
 test-asan: test-deps
 	$(MAKE) clean-objs
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	        LDFLAGS="-fsanitize=address,undefined" core_server unit
-	$(MAKE) integration
+	$(MAKE) $(ASAN_VARS) core_server unit
+	$(MAKE) $(ASAN_VARS) integration
 	$(MAKE) clean-objs
 
 FUZZ_SRCS := $(wildcard fuzz/fuzz_*.c)
