@@ -15,6 +15,7 @@
 #include <semaphore.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,42 @@ static void test_acme_not_implemented(const char *dir)
     CHECK(strstr(err, "not implemented") != NULL);
 }
 
+/* Worker threads asking for one name at once: it is made once, and every
+ * one of them ends up with the same READY context. */
+static _Atomic(SSL_CTX *) race_ctx[8];
+static void *race_worker(void *arg)
+{
+    int id = qsbr_register();
+    SSL_CTX *ctx = NULL;
+    for (int i = 0; i < 200000; i++) {
+        enum certs_result r = certs_get("race.test", 9, &ctx);
+        if (r == CERTS_READY) {
+            atomic_store(&race_ctx[(intptr_t)arg], ctx);
+            break;
+        }
+        qsbr_quiescent(id);
+        usleep(100);
+    }
+    qsbr_offline(id);
+    return NULL;
+}
+
+static void test_concurrent_misses_queue_once(void)
+{
+    pthread_t th[8];
+    atomic_store(&notifications, 0);
+    for (intptr_t i = 0; i < 8; i++)
+        pthread_create(&th[i], NULL, race_worker, (void *)i);
+    for (int i = 0; i < 8; i++)
+        pthread_join(th[i], NULL);
+    usleep(200 * 1000);
+    CHECK(atomic_load(&notifications) == 1);
+    for (int i = 0; i < 8; i++)
+        CHECK(atomic_load(&race_ctx[i]) != NULL && atomic_load(&race_ctx[i]) == atomic_load(&race_ctx[0]));
+    while (sem_trywait(&notified) == 0)
+        ;
+}
+
 static void test_mkcert_makes_pair(const char *dir, const char *mkcert)
 {
     char err[512] = "", cert[512], key[512];
@@ -139,6 +176,7 @@ static void test_mkcert_makes_pair(const char *dir, const char *mkcert)
     fmt(dst, sizeof dst, "%s/other.test-cert.pem", dir);
     CHECK(exists(dst));
 
+    test_concurrent_misses_queue_once();
     qsbr_quiescent(reader);
     certs_shutdown();
 }
