@@ -1,11 +1,10 @@
 /* test_cmd.c — the command parser (every valid and invalid form, with the
- * exact error texts), domain canonicalisation, and the UDP command server
+ * exact error texts), and the UDP command server
  * end to end on a real loop and socket: replies, batching order, list
  * splitting, oversized datagrams, save failures, non-loopback sources. */
 #include "check.h"
 #include "cmd.h"
 #include "core_client.h"
-#include "domain.h"
 #include "log.h"
 #include "loop.h"
 #include "qsbr.h"
@@ -113,47 +112,6 @@ static void test_parse_errors(void)
     strcpy(msg + 100, " a.com");
     CHECK(parse(msg) == -1);
     CHECK(strstr(err, "unknown command \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...\";") == err);
-}
-
-static void test_domains(void)
-{
-    char out[DOMAIN_MAX + 1], name[300];
-    const char *why;
-
-    CHECK(domain_canonicalize("WWW.Example.COM.", 16, out, sizeof out, &why) == 15);
-    CHECK_STR(out, "www.example.com");
-    CHECK(why == NULL);
-    CHECK(domain_canonicalize("a..", 3, out, sizeof out, &why) == -1);
-    CHECK(domain_canonicalize("xn--bcher-kva.example", 21, out, sizeof out, &why) == 21);
-    CHECK(domain_canonicalize("1.2.3.4", 7, out, sizeof out, &why) == 7);
-    CHECK(domain_canonicalize("a b", 3, out, sizeof out, &why) == -1);
-    CHECK(domain_canonicalize("caf\xc3\xa9.fr", 8, out, sizeof out, &why) == -1);
-    CHECK(domain_canonicalize("a.com", 5, out, 5, &why) == -1);       /* no room for the NUL */
-
-    memset(name, 'a', 63);
-    CHECK(domain_canonicalize(name, 63, out, sizeof out, &why) == 63);
-    memset(name, 'a', 64);
-    CHECK(domain_canonicalize(name, 64, out, sizeof out, &why) == -1);
-    CHECK_STR(why, "label longer than 63 characters");
-    /* 253 characters: four labels of 63 + 1 joined by dots = 63*3+1+3 = 253. */
-    memset(name, 'a', sizeof name);
-    name[63] = name[127] = name[191] = '.';
-    CHECK(domain_canonicalize(name, 253, out, sizeof out, &why) == 253);
-    CHECK(domain_canonicalize(name, 254, out, sizeof out, &why) == -1);
-    CHECK_STR(why, "name longer than 253 characters");
-    name[253] = '.';   /* with the root dot it is still 253 */
-    CHECK(domain_canonicalize(name, 254, out, sizeof out, &why) == 253);
-
-    CHECK(domain_from_host_header("Example.com:8080", 16, out, sizeof out) == 11);
-    CHECK_STR(out, "example.com");
-    CHECK(domain_from_host_header("example.com.", 12, out, sizeof out) == 11);
-    CHECK(domain_from_host_header("example.com.:443", 16, out, sizeof out) == 11);
-    CHECK(domain_from_host_header("example.com:", 12, out, sizeof out) == 11);
-    CHECK(domain_from_host_header("example.com:8x", 14, out, sizeof out) == -1);
-    CHECK(domain_from_host_header("[::1]:8080", 10, out, sizeof out) == -1);
-    CHECK(domain_from_host_header("", 0, out, sizeof out) == -1);
-    CHECK(domain_from_host_header(":80", 3, out, sizeof out) == -1);
-    CHECK(domain_from_host_header("a:1:2", 5, out, sizeof out) == -1);
 }
 
 /* ---- the server, end to end ---- */
@@ -412,7 +370,6 @@ int main(void)
 {
     test_parse_valid();
     test_parse_errors();
-    test_domains();
 
     log_set_fd(open("/dev/null", O_WRONLY));   /* save failures are logged on purpose */
     snprintf(dir, sizeof dir, "/tmp/test_cmd.XXXXXX");
