@@ -548,8 +548,10 @@ void certs_subscribe(struct loop *l, void (*fn)(void *arg), void *arg)
     pthread_mutex_unlock(&q.mu);
 }
 
-/* At exit, after the workers have stopped: nobody reads the store any more.
- * Waits for a certificate being made (mkcert is bounded to 60 s). */
+/* Safe while workers still run: the store is unpublished and retired
+ * through QSBR like any old snapshot, and once this returns no loop is
+ * posted to, so the subscribed loops may be freed afterwards. Waits for a
+ * certificate being made (mkcert is bounded to 60 s). */
 void certs_shutdown(void)
 {
     if (!thread_started)
@@ -561,11 +563,7 @@ void certs_shutdown(void)
     pthread_join(thread, NULL);
     thread_started = false;
 
-    struct cert_table *t = atomic_exchange(&store, NULL);
-    for (size_t i = 0; t && i < t->cap; i++)
-        if (t->slot[i])
-            entry_free(t->slot[i]);
-    free(t);
+    pthread_mutex_lock(&q.mu);
     while (q.head) {
         struct pending *p = q.head;
         q.head = p->next;
@@ -575,8 +573,15 @@ void certs_shutdown(void)
     free(q.subs);
     q.subs = NULL;
     q.nsubs = 0;
+    pthread_mutex_unlock(&q.mu);
+
+    struct cert_table *t = atomic_exchange(&store, NULL);
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slot[i])
+            qsbr_retire(t->slot[i], entry_free);
+    qsbr_retire(t, free);
+    qsbr_reclaim();
     free(dir);
     free(mkcert_bin);
     dir = mkcert_bin = NULL;
-    qsbr_reclaim();
 }

@@ -28,8 +28,11 @@ enum certs_result {
  * refused for now. Returns 0, or -1 with err. */
 int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_path,
                char *err, size_t errlen);
-/* Stops the background thread and frees the store (at exit, once no worker
- * calls certs_get any more). Waits for a certificate being made (bounded). */
+/* Stops the background thread and retires the store through QSBR (safe
+ * while workers still run; their certs_get then returns CERTS_FAILED).
+ * Call it BEFORE freeing the subscribed loops: until it returns, a
+ * certificate that finishes still posts to them. Waits for a certificate
+ * being made (mkcert is bounded to 60 s). */
 void certs_shutdown(void);
 
 /* Called on a worker thread (from the client-hello callback) with a
