@@ -9,6 +9,15 @@
  *                        line "ok"; split over several datagrams at line
  *                        boundaries when longer than CMD_REPLY_MAX
  *   shutdown          -> "ok", then the server shuts down gracefully
+ *   status DOMAIN     -> "DOMAIN PORT" | "error: no route for DOMAIN"
+ *                        (release mode will extend it with certificate state)
+ * An add identical to the current route is "ok" without a save; a remove of
+ * a domain without a route is "error: no route for DOMAIN; ...".
+ * Commands are applied in arrival order. Consecutive add/remove commands of
+ * one recvmmsg batch are saved once; a list/status/shutdown first commits
+ * what came before it, so it sees exactly that state. When a save fails,
+ * every add/remove of that group is answered
+ * "error: could not save routes to PATH: CAUSE" and nothing changes.
  * A datagram whose source is not loopback (127.0.0.0/8, ::1, ::ffff:127.x) is
  * dropped with a log line and no reply. */
 #ifndef CORE_CMD_H
@@ -37,7 +46,9 @@ struct loop;
 struct cmd_server;
 
 struct cmd_hooks {
-    void (*on_shutdown)(void *arg);                        /* after the "ok" is sent */
+    void (*on_shutdown)(void *arg);                        /* after the "ok" is sent and the
+                                                              rest of the batch is handled; may
+                                                              call cmd_server_close() */
     void (*on_route_added)(const char *domain, void *arg); /* after the change is durable; may be NULL */
     void *arg;
 };
@@ -47,7 +58,9 @@ struct cmd_hooks {
  * acknowledged. The current routes snapshot (routes.h) must be published. */
 struct cmd_server *cmd_server_start(struct loop *l, int udp_fd, const char *routes_path,
                                     const struct cmd_hooks *hooks);
-/* Stops watching and closes the UDP socket (takeover: frees the port). */
+/* Stops watching and closes the UDP socket (takeover: frees the port).
+ * While it runs, the server frees retired route snapshots on a 100 ms timer
+ * (qsbr_reclaim) for as long as any are pending. */
 void cmd_server_close(struct cmd_server *s);
 
 #endif

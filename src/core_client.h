@@ -18,7 +18,10 @@ enum core_client_result {
 
 /* Sends command (e.g. "add example.com 5665") to 127.0.0.1:udp_port and waits
  * up to timeout_ms for the whole reply, copied NUL-terminated into reply
- * (may be NULL). For "list" the reply datagrams are joined. */
+ * (may be NULL; cut short when replycap is too small). For "list" the reply
+ * datagrams are joined until the last line is "ok"; any other command's
+ * reply is one datagram. Thread-safe; allocates 64 KiB for the call. A
+ * refused port (no server) returns CORE_CLIENT_NO_ANSWER at once. */
 enum core_client_result core_client_command(const char *command, int udp_port, int timeout_ms,
                                             char *reply, size_t replycap);
 

@@ -331,6 +331,30 @@ static void test_server_save_failure(void)
     CHECK(send_cmd("add four.test 4") == CORE_CLIENT_OK);
 }
 
+/* ::1 is loopback too: the dual-stack socket answers it. */
+static void test_server_accepts_ipv6_loopback(void)
+{
+    struct sockaddr_in6 to = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)srv_port),
+                               .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    int fd = socket(AF_INET6, SOCK_DGRAM, 0);
+    char buf[256];
+    ssize_t n = -1;
+
+    if (fd < 0 || connect(fd, (struct sockaddr *)&to, sizeof to) < 0) {
+        printf("skipped IPv6 loopback test: no IPv6\n");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    send(fd, "status two.test", 15, 0);
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    if (poll(&p, 1, 2000) == 1)
+        n = recv(fd, buf, sizeof buf - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    CHECK_STR(buf, "two.test 2");
+    close(fd);
+}
+
 /* A source address of this machine that is not loopback: the datagram goes
  * over lo but must be dropped without a reply. */
 static void test_server_drops_non_loopback(void)
@@ -386,6 +410,7 @@ int main(void)
     server_start();   /* restarts from the file; runs after queueing a batch */
     test_server_batch_order();
     test_server_save_failure();
+    test_server_accepts_ipv6_loopback();
     test_server_drops_non_loopback();
     server_stop();
     qsbr_reclaim();

@@ -7,6 +7,9 @@
 #include "qsbr.h"
 #include "routes.h"
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -157,6 +160,63 @@ static void test_publish_and_retire(void)
     routes_publish(routes_clone(b));
     qsbr_reclaim();
     CHECK(qsbr_pending() == 0);               /* offline readers do not hold anything */
+}
+
+static atomic_bool stress_stop;
+static atomic_long stress_bad, stress_reads;
+
+/* A worker: reads the current snapshot, announces quiescent states between
+ * reads, goes offline now and then (as around epoll_wait). */
+static void *stress_reader(void *arg)
+{
+    int id = qsbr_register();
+    long n = 0, bad = 0;
+
+    while (!atomic_load(&stress_stop)) {
+        const struct routes *r = routes_current();
+        bad += look(r, "fixed.test") != 1;
+        bad += routes_count(r) < 1;
+        n++;
+        if (n % 64 == 0) {
+            qsbr_offline(id);
+            sched_yield();
+            qsbr_online(id);
+        } else {
+            qsbr_quiescent(id);
+        }
+    }
+    qsbr_offline(id);
+    atomic_fetch_add(&stress_bad, bad);
+    atomic_fetch_add(&stress_reads, n);
+    return NULL;
+}
+
+/* Snapshots swapped under readers: ASan turns any early free into a failure. */
+static void test_snapshots_under_concurrent_readers(void)
+{
+    pthread_t t[4];
+    struct routes *r = routes_clone(routes_current());
+    char name[32];
+
+    set(r, "fixed.test", 1);
+    routes_publish(r);
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, stress_reader, NULL);
+    for (int i = 0; i < 3000; i++) {
+        r = routes_clone(routes_current());
+        snprintf(name, sizeof name, "n%d.test", i % 50);
+        if (routes_remove(r, name, strlen(name)) != 0)
+            set(r, name, (uint16_t)(i + 1));
+        routes_publish(r);
+        qsbr_reclaim();
+    }
+    atomic_store(&stress_stop, true);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    qsbr_reclaim();
+    CHECK(atomic_load(&stress_bad) == 0);
+    CHECK(atomic_load(&stress_reads) > 0);
+    CHECK(qsbr_pending() == 0);   /* every reader is offline: all freed */
 }
 
 static void test_100000_routes(void)
@@ -346,6 +406,7 @@ int main(void)
     test_remove_keeps_probe_runs();
     test_clone_foreach_sorted();
     test_publish_and_retire();
+    test_snapshots_under_concurrent_readers();
     test_100000_routes();
     test_load_tolerates_and_skips();
     test_save_sorted_format();
