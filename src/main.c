@@ -130,11 +130,12 @@ static int run_server(struct server *s)
 
     log_info("draining in-flight requests (up to %d ms)", cfg->drain_ms);
     workers_drain(cfg->drain_ms);
-    workers_stop();
-    if (s->https) {
-        tls_cleanup();
+    /* The certificate thread posts to the worker loops: stop it first. */
+    if (s->https)
         certs_shutdown();
-    }
+    workers_stop();
+    if (s->https)
+        tls_cleanup();
     qsbr_reclaim();
     loop_free(s->loop);
     log_info("core_server stopped");
