@@ -205,6 +205,8 @@ struct cmd_server {
     struct change cs_changes[BATCH_MAX];
     size_t cs_nchanges;
     bool cs_shutdown;                  /* a shutdown was answered in this batch */
+    uint64_t cs_drop_log_ms;           /* when a non-loopback drop was last logged */
+    unsigned long cs_drops_unlogged;   /* drops since then, not logged one by one */
     char cs_save_err[8192];            /* reply for ITEM_UNSAVED commands */
     char cs_list[CMD_REPLY_MAX];       /* list reply datagram being filled */
 };
@@ -234,8 +236,13 @@ static const char *format_addr(const struct sockaddr_storage *ss, char *buf, siz
         snprintf(buf, cap, "%s:%u", host, ntohs(sin->sin_port));
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host);
-        snprintf(buf, cap, "[%s]:%u", host, ntohs(sin6->sin6_port));
+        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {   /* an IPv4 peer on a dual-stack socket */
+            inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], host, sizeof host);
+            snprintf(buf, cap, "%s:%u", host, ntohs(sin6->sin6_port));
+        } else {
+            inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host);
+            snprintf(buf, cap, "[%s]:%u", host, ntohs(sin6->sin6_port));
+        }
     } else {
         snprintf(buf, cap, "(address family %d)", ss->ss_family);
     }
@@ -403,10 +410,22 @@ static void handle_datagram(struct cmd_server *s, size_t idx, size_t len, int fl
     char err[REPLY_TEXT_MAX - 8], addr[80];
 
     if (!is_loopback(&it->it_src)) {
-        /* The only access control: never answer, never act. */
-        log_warn("dropped command datagram from %s: not a loopback address (commands are "
-                 "accepted from this machine only)", format_addr(&it->it_src, addr, sizeof addr));
+        /* The only access control: never answer, never act. Logged at most
+         * once a second, so a flood from outside cannot flood the log. */
+        uint64_t now = loop_now_ms(s->cs_loop);
         it->it_state = ITEM_SENT;
+        if (s->cs_drop_log_ms != 0 && now - s->cs_drop_log_ms < 1000) {
+            s->cs_drops_unlogged++;
+            return;
+        }
+        char more[64] = "";
+        if (s->cs_drops_unlogged)
+            snprintf(more, sizeof more, "; %lu more dropped since the last such line",
+                     s->cs_drops_unlogged);
+        log_warn("dropped command datagram from %s: not a loopback address (commands are "
+                 "accepted from this machine only)%s", format_addr(&it->it_src, addr, sizeof addr), more);
+        s->cs_drop_log_ms = now ? now : 1;
+        s->cs_drops_unlogged = 0;
         return;
     }
     it->it_state = ITEM_READY;
