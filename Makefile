@@ -88,7 +88,7 @@ fuzz:
 	@set -e; for f in $(FUZZ_SRCS); do \
 	  n=$$(basename $$f .c); \
 	  clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Isrc $$(pkg-config --cflags openssl) \
-	    -o build-fuzz/$$n $$f src/http1.c src/domain.c src/cmd.c src/routes.c src/qsbr.c src/log.c src/mem.c \
+	    -o build-fuzz/$$n $$f src/http1.c src/domain.c src/cmd.c src/routes.c src/qsbr.c src/loop.c src/log.c src/mem.c \
 	    $$(pkg-config --libs openssl) -lpthread; \
 	done
 

@@ -260,6 +260,8 @@ void loop_run(struct loop *l)
                 m |= LOOP_WRITE;
             if (e & (EPOLLERR | EPOLLHUP))
                 m |= LOOP_ERROR;
+            if (e & (EPOLLRDHUP | EPOLLHUP))
+                m |= LOOP_RDHUP;
             h->cb(l, h, m);
         }
     }

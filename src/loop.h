@@ -13,6 +13,7 @@ struct loop_fd;
 #define LOOP_READ  0x1u   /* readable, or peer closed its write side */
 #define LOOP_WRITE 0x2u   /* writable */
 #define LOOP_ERROR 0x4u   /* error or hang-up: the owner should close */
+#define LOOP_RDHUP 0x8u   /* the peer closed its write side: an EOF is queued behind any data */
 
 typedef void (*loop_fd_cb)(struct loop *l, struct loop_fd *h, uint32_t events);
 

@@ -82,6 +82,7 @@ struct upstream {
     bool rd_ready, wr_ready;
     bool reused;                     /* came from the idle pool */
     bool eof;                        /* backend closed its side */
+    bool hup;                        /* an EOF is queued: never assume drained */
     bool dead;
 };
 
@@ -125,6 +126,7 @@ struct client {
     bool tls;
     bool rd_ready, wr_ready;
     bool rd_eof;                     /* client closed its write side */
+    bool hup;                        /* an EOF is queued: never assume drained */
     bool wr_shut;                    /* we shut our write side (tunnel half-close) */
     bool parked;                     /* TLS handshake waits for a certificate */
     bool dead;
@@ -496,6 +498,8 @@ static void on_upstream_event(struct loop *l, struct loop_fd *h, uint32_t ev)
         return;
     if (ev & LOOP_READ)
         up->rd_ready = true;
+    if (ev & LOOP_RDHUP)
+        up->hup = true;
     if (ev & LOOP_WRITE)
         up->wr_ready = true;
     if (!up->cl) {
@@ -622,6 +626,8 @@ static void on_client_event(struct loop *l, struct loop_fd *h, uint32_t ev)
         return;
     if (ev & LOOP_READ)
         cl->rd_ready = true;
+    if (ev & LOOP_RDHUP)
+        cl->hup = true;
     if (ev & LOOP_WRITE)
         cl->wr_ready = true;
     if (cl->parked)
@@ -826,8 +832,10 @@ static bool read_client(struct client *cl)
         cl->rd_eof = true;
         return true;
     }
-    if (!cl->tls && (uint32_t)n < room)
-        cl->rd_ready = false;   /* drained: the next arrival is a new edge */
+    /* A short read drained the socket: the next arrival is a new edge. Not
+     * so when the peer's FIN is already queued (its edge has been seen). */
+    if (!cl->tls && !cl->hup && (uint32_t)n < room)
+        cl->rd_ready = false;
     cl->in->end += (uint32_t)n;
     if (cl->state == C_EXCHANGE || cl->state == C_TUNNEL)
         client_arm(cl, cl->state == C_TUNNEL ? TUNNEL_TIMEOUT_MS : (uint32_t)cl->w->cfg->client_timeout_ms);
@@ -1123,7 +1131,7 @@ static bool read_upstream(struct client *cl)
         cl->out->end = cl->out->start + cl->out_ok;
         return true;
     }
-    if ((size_t)n < buf_room(cl->out))
+    if (!up->hup && (size_t)n < buf_room(cl->out))
         up->rd_ready = false;
     cl->out->end += (uint32_t)n;
     if (cl->state == C_TUNNEL)
