@@ -9,14 +9,14 @@ set -euo pipefail
 
 mode="${1:-build}"
 
-build_pkgs=(gcc make pkg-config libssl-dev)
+build_pkgs=(gcc make pkg-config libssl-dev libjansson-dev libcurl4-openssl-dev)
 # curl, pytest, websockets: the integration tests' clients and runner;
 # mkcert + libnss3-tools: local-mode HTTPS certificates; openssl: s_client in
 # the TLS tests; iproute2: network namespaces for the non-loopback UDP test;
 # util-linux: setpriv (dropping CAP_NET_BIND_SERVICE in the CLI tests);
-# clang: libFuzzer targets (make fuzz).
+# clang: libFuzzer targets (make fuzz); pebble: the test ACME CA (release mode).
 test_pkgs=(curl openssl python3 python3-pytest python3-websockets mkcert libnss3-tools
-           iproute2 util-linux clang)
+           iproute2 util-linux clang pebble)
 
 case "$mode" in
   build) want=("${build_pkgs[@]}") ;;
