@@ -31,9 +31,9 @@ struct http1_info {
     bool chunked;               /* Transfer-Encoding ends in "chunked" */
     bool conn_close;            /* "Connection: close", or HTTP/1.0 without keep-alive */
     bool conn_upgrade;          /* Connection has the "upgrade" token and an Upgrade header exists */
-    bool expect_continue;       /* "Expect: 100-continue" (requests) */
-    struct http1_slice host;    /* Host header value (requests), base NULL when absent */
-    struct http1_slice xff;     /* X-Forwarded-For value, base NULL when absent (first one) */
+    bool expect_continue;       /* "Expect: 100-continue" (requests only) */
+    struct http1_slice host;    /* Host header value (requests only), base NULL when absent */
+    struct http1_slice xff;     /* first X-Forwarded-For value (requests only), base NULL when absent */
 };
 
 struct http1_request {
@@ -59,23 +59,32 @@ struct http1_response {
 
 /* Parses the head of a request in buf[0..len). Returns the head's length
  * (through the blank line), HTTP1_INCOMPLETE when more bytes are needed, or
- * HTTP1_ERROR with error_status and error set. max_head is the most bytes a
- * head may take: when len >= max_head and the head is still incomplete it is
- * an error (414 while the request line is unfinished or longer than
- * max_line, else 431). More than HTTP1_MAX_HEADERS headers is 431.
- * Rejected as 400 (smuggling shapes and malformed input): bare CR or LF
- * line ends inside the head other than CRLF/LF line ends, obs-fold, whitespace
- * before a colon, invalid token characters, control characters in values,
- * both Content-Length and Transfer-Encoding, differing or invalid
- * Content-Length values, a Transfer-Encoding other than one ending in
- * "chunked" (requests), Transfer-Encoding in HTTP/1.0, a version other than
- * HTTP/1.0 or 1.1, more than one Host, HTTP/1.1 without Host. Empty lines
- * before the request line are skipped (RFC 9112 2.2). */
+ * HTTP1_ERROR with error_status and error set. Stateless: call again with
+ * the grown buffer; a prefix of the input never gets an answer other than
+ * INCOMPLETE or the whole input's answer.
+ * Limits: max_head is the most bytes a head may take (capped at INT_MAX):
+ * when len >= max_head and the head is still incomplete it is an error, 414
+ * while the request line is unfinished, else 431. A request line (without
+ * its line end) longer than max_line is 414, decided as soon as max_line + 2
+ * bytes of it have arrived. More than HTTP1_MAX_HEADERS headers is 431.
+ * Rejected as 400 (smuggling shapes and malformed input): a CR not followed
+ * by LF (CRLF and bare LF both end lines), obs-fold, whitespace before a
+ * colon, invalid token characters in the method or a header name, control
+ * characters in the target or a value, both Content-Length and
+ * Transfer-Encoding, differing or invalid Content-Length values (identical
+ * duplicates such as "5, 5" are accepted as 5), a Transfer-Encoding not
+ * ending in "chunked", "chunked" anywhere but last or with parameters,
+ * Transfer-Encoding in HTTP/1.0, a version other than HTTP/1.0 or 1.1, more
+ * than one Host, HTTP/1.1 without Host. Empty lines before the request line
+ * are skipped (RFC 9112 2.2). */
 int http1_parse_request(const char *buf, size_t len, size_t max_head, size_t max_line,
                         struct http1_request *req);
 
-/* Same for a response head (from a backend): no Host rules; a
- * Transfer-Encoding not ending in chunked means close-delimited. */
+/* Same for a response head (from a backend), with the same framing rules
+ * (a bad one is an error: the backend connection cannot be trusted), except
+ * that a Transfer-Encoding not ending in chunked means close-delimited
+ * (chunked false, content_length -1). No Host rules, no max_line; the reason
+ * phrase may be missing ("HTTP/1.1 200\r\n"). */
 int http1_parse_response(const char *buf, size_t len, size_t max_head,
                          struct http1_response *resp);
 
@@ -92,8 +101,12 @@ struct http1_chunked {
     bool done;            /* the last chunk and trailers have been seen */
 };
 /* Scans buf[0..len): returns how many bytes belong to the body (stops right
- * after the end of the body, setting done), or -1 on malformed framing
- * (bad hex, size overflow, missing CRLF after data, line longer than 4 KiB). */
+ * after the end of the body, setting done; 0 once done), or -1 on malformed
+ * framing: bad hex, size overflow, missing CRLF after data, a size or trailer
+ * line longer than 4 KiB with its CRLF, a line end other than CRLF, control
+ * characters in extensions or trailers, a malformed trailer field. Strict on
+ * purpose: the body is relayed verbatim, so anything the backend could read
+ * differently is refused. After -1 every call returns -1. */
 ssize_t http1_chunked_scan(struct http1_chunked *c, const char *buf, size_t len);
 
 /* What the proxy adds to a forwarded request. */
@@ -104,22 +117,31 @@ struct http1_forward {
 
 /* Writes the request head for the backend into out[0..cap): the request
  * line as received (HTTP/1.1 towards the backend), every end-to-end header
- * unchanged and in order (Host included), without the hop-by-hop headers
- * (Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade,
- * Proxy-Authenticate, Proxy-Authorization and any named in Connection) except
- * that Transfer-Encoding is kept (the body is relayed verbatim) and, for an
- * upgrade, "Connection: upgrade" and Upgrade are kept; X-Forwarded-For has
- * the client address appended (one combined header), X-Forwarded-Proto and
- * X-Forwarded-Host (the Host value) are set (replacing any from the client).
- * Returns the length, or -1 when it does not fit. */
+ * unchanged and in order as "Name: value\r\n" (Host included), without the
+ * hop-by-hop headers (Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
+ * Upgrade, Proxy-Authenticate, Proxy-Authorization and any named in
+ * Connection) except that Content-Length, Transfer-Encoding and Host are
+ * always kept (the body is relayed verbatim: "Connection: content-length"
+ * must not desync the backend) and, for an upgrade (info.conn_upgrade),
+ * Upgrade is kept. Then, in this order: "Connection: upgrade" for an
+ * upgrade; X-Forwarded-For with the client's non-empty values joined by ", "
+ * and the client address appended (one combined header; the client's values
+ * are dropped when Connection names X-Forwarded-For); X-Forwarded-Proto;
+ * X-Forwarded-Host with the Host value (only when there is a Host). Client
+ * X-Forwarded-* headers are replaced, never passed on. Returns the length,
+ * or -1 when it does not fit. */
 ssize_t http1_write_request_head(const struct http1_request *req, const struct http1_forward *fwd,
                                  char *out, size_t cap);
 
 /* Writes the response head for the client: status line ("HTTP/1.1 <status>
- * <reason>"), end-to-end headers unchanged and in order, hop-by-hop ones
- * removed (Transfer-Encoding kept; for 101 Connection/Upgrade kept), plus
- * "Connection: close" when close is true (and "Connection: keep-alive" when
- * the client spoke HTTP/1.0 and close is false). Returns length or -1. */
+ * <reason>", the space kept when the reason is empty), end-to-end headers
+ * unchanged and in order, hop-by-hop ones removed as for requests
+ * (Content-Length, Transfer-Encoding kept: a chunked body for an HTTP/1.0
+ * client is the caller's problem), then for 101 the Upgrade header kept and
+ * "Connection: upgrade" written, otherwise "Connection: close" when close is
+ * true (and "Connection: keep-alive" when the client spoke HTTP/1.0 and close
+ * is false). Returns length, or -1 when it does not fit or the status is
+ * outside 100..999. */
 ssize_t http1_write_response_head(const struct http1_response *resp, bool close,
                                   int client_minor_version, char *out, size_t cap);
 
