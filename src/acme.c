@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -888,6 +889,13 @@ struct acme_client *acme_client_new(const struct acme_options *o, char *err, siz
 {
     if (!o->directory_url || !o->certs_dir) {
         snprintf(err, errlen, "acme: a directory URL and a certs dir are required");
+        return NULL;
+    }
+    /* Checked here, at startup, so a typo in --acme-ca is not reported as
+     * a TLS failure at the first issuance. */
+    if (o->ca_file && access(o->ca_file, R_OK) < 0) {
+        snprintf(err, errlen, "--acme-ca %s: %s (a PEM file with the CA's root)", o->ca_file,
+                 strerror(errno));
         return NULL;
     }
     pthread_once(&curl_once, curl_init);

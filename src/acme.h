@@ -42,8 +42,9 @@ struct acme_options {
 struct acme_client;
 
 /* Copies the options and sets up the HTTP client; contacts nobody yet (the
- * directory and the account are fetched by the first acme_obtain). The
- * first call initialises libcurl globally. Returns NULL with err. */
+ * directory and the account are fetched by the first acme_obtain). Checks
+ * that ca_file is readable. The first call initialises libcurl globally.
+ * Returns NULL with err. */
 struct acme_client *acme_client_new(const struct acme_options *o, char *err, size_t errlen);
 
 /* Obtains a certificate for domain (a canonical host name, no wildcard):
@@ -65,8 +66,9 @@ int acme_obtain(struct acme_client *c, const char *domain, char **key_pem, char 
  * last acme_obtain, e.g. with a rateLimited problem; 0 when it did not say. */
 long acme_retry_after(const struct acme_client *c);
 
-/* Makes a running acme_obtain give up soon (within ~10 ms of waiting, or
- * when the current HTTP request ends) with "cancelled"; later calls fail at
+/* Makes a running acme_obtain give up soon with "cancelled": within 10 ms
+ * when it is waiting between polls, within about a second when an HTTP
+ * request is under way (libcurl's progress callback). Later calls fail at
  * once. Safe from any thread, e.g. at shutdown. */
 void acme_client_cancel(struct acme_client *c);
 

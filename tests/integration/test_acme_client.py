@@ -65,7 +65,7 @@ class Run:
 
 
 def run_driver(driver, tmp_path, pebble, domains, challenges, directory=None, certs_dir=None,
-               timeout_ms=None, http_port=None, tls_port=None):
+               timeout_ms=None, http_port=None, tls_port=None, extra=()):
     certs_dir = certs_dir or tmp_path / "certs"
     out_dir = tmp_path / "out"
     certs_dir.mkdir(exist_ok=True)
@@ -79,6 +79,7 @@ def run_driver(driver, tmp_path, pebble, domains, challenges, directory=None, ce
         args += ["--ca", str(pebble.api_ca)]
     if timeout_ms:
         args += ["--timeout-ms", str(timeout_ms)]
+    args += list(extra)
     for d in domains:
         args += ["--domain", d]
     t0 = time.monotonic()
@@ -282,3 +283,30 @@ def test_acme_reused_authorization_skips_the_challenge(driver, tmp_path, pebble_
     assert run.stderr.count("answering http-01") == 1
     assert "already valid" in run.stderr
     assert_certificate(pebble, run.out_dir, domain)
+
+
+def test_acme_cancel_ends_a_hanging_request(driver, tmp_path):
+    """A CA that accepts the connection and never answers: acme_client_cancel
+    from another thread (as at shutdown) ends acme_obtain within about a
+    second, long before the request timeout."""
+    import socket
+    with socket.socket() as hang:
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(8)
+        url = f"https://127.0.0.1:{hang.getsockname()[1]}/dir"
+        t0 = time.monotonic()
+        run = run_driver(driver, tmp_path, None, [unique("cancel")], "http-01", directory=url,
+                         http_port=_free_tcp_port(), tls_port=_free_tcp_port(),
+                         extra=["--cancel-after-ms", "300"])
+        took = time.monotonic() - t0
+    assert run.rc == 1
+    assert f"GET {url}: cancelled" in run.stderr, run.stderr
+    assert took < 3, took
+
+
+def test_acme_missing_ca_file_is_refused_at_creation(driver, tmp_path):
+    run = run_driver(driver, tmp_path, None, [unique("noca")], "http-01",
+                     directory="https://127.0.0.1:1/dir", http_port=_free_tcp_port(),
+                     tls_port=_free_tcp_port(), extra=["--ca", str(tmp_path / "nope.pem")])
+    assert run.rc == 1
+    assert f"--acme-ca {tmp_path / 'nope.pem'}: No such file or directory" in run.stderr

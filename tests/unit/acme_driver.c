@@ -12,7 +12,8 @@
  *
  *   acme_driver --directory URL [--ca FILE] --certs-dir DIR --out-dir DIR
  *               [--http-port N] [--tls-port N] [--challenges http-01,tls-alpn-01]
- *               [--email ADDR] [--timeout-ms N] --domain NAME [--domain NAME...]
+ *               [--email ADDR] [--timeout-ms N] [--cancel-after-ms N]
+ *               --domain NAME [--domain NAME...]
  *
  * Prints "obtained DOMAIN MS" per certificate on stdout; exits 0 when all
  * were obtained, 1 with the client's error on stderr otherwise. */
@@ -171,6 +172,21 @@ static void start_acceptor(int port, void *(*fn)(void *))
 
 /* ---------------------------------------------------------------- main */
 
+struct canceller {
+    struct acme_client *cl;
+    long ms;
+};
+
+static void *cancel_later(void *arg)
+{
+    struct canceller *cn = arg;
+    struct timespec ts = { cn->ms / 1000, cn->ms % 1000 * 1000000L };
+    nanosleep(&ts, NULL);
+    fprintf(stderr, "acme_driver: cancelling\n");
+    acme_client_cancel(cn->cl);
+    return NULL;
+}
+
 static int write_out(const char *dir, const char *domain, const char *ext, const char *data)
 {
     char path[4096];
@@ -191,11 +207,15 @@ int main(int argc, char **argv)
         { "http-port", required_argument, NULL, 'h' }, { "tls-port", required_argument, NULL, 't' },
         { "challenges", required_argument, NULL, 'C' }, { "email", required_argument, NULL, 'e' },
         { "timeout-ms", required_argument, NULL, 'T' }, { "domain", required_argument, NULL, 'n' },
+        { "cancel-after-ms", required_argument, NULL, 'X' },
         { NULL, 0, NULL, 0 },
     };
     struct acme_options o = { 0 };
     const char *out_dir = ".", *domains[16];
     int ndomains = 0, http_port = 0, tls_port = 0, c;
+    long cancel_after_ms = 0;
+    struct canceller cn;
+    pthread_t cancel_thread;
     char err[1024];
 
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -207,6 +227,7 @@ int main(int argc, char **argv)
         case 'h': http_port = atoi(optarg); break;
         case 't': tls_port = atoi(optarg); break;
         case 'e': o.email = optarg; break;
+        case 'X': cancel_after_ms = atol(optarg); break;
         case 'T': o.obtain_timeout_ms = o.request_timeout_ms = atol(optarg); break;
         case 'C':
             if (strstr(optarg, "http-01"))
@@ -240,6 +261,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "acme_driver: %s\n", err);
         return 1;
     }
+    if (cancel_after_ms > 0) {
+        /* What certs_shutdown will do: cancel from another thread. */
+        cn = (struct canceller){ cl, cancel_after_ms };
+        if (pthread_create(&cancel_thread, NULL, cancel_later, &cn) != 0)
+            return 2;
+    }
     int rc = 0;
     for (int i = 0; i < ndomains && rc == 0; i++) {
         char *key = NULL, *chain = NULL;
@@ -261,6 +288,8 @@ int main(int argc, char **argv)
         free(key);
         free(chain);
     }
+    if (cancel_after_ms > 0)
+        pthread_join(cancel_thread, NULL);   /* it uses cl */
     acme_client_free(cl);
     challenge_clear();
     SSL_CTX_free(base_ctx);
