@@ -35,7 +35,8 @@
 #define RETRY_AFTER_MAX 60         /* seconds: a longer Retry-After ends the attempt */
 
 /* The problem types the client reacts to (RFC 8555 section 6.7). */
-#define PROBLEM_BAD_NONCE "urn:ietf:params:acme:error:badNonce"
+#define PROBLEM_BAD_NONCE  "urn:ietf:params:acme:error:badNonce"
+#define PROBLEM_NO_ACCOUNT "urn:ietf:params:acme:error:accountDoesNotExist"
 
 struct acme_client {
     CURL *ac_curl;              /* one handle: keeps the connection to the CA open */
@@ -56,6 +57,7 @@ struct acme_client {
     char *ac_kid;               /* account URL; NULL until newAccount answered */
     char ac_nonce[NONCE_MAX];   /* the freshest Replay-Nonce; "" when used up */
     long ac_retry_after;        /* Retry-After of the last CA error, seconds */
+    char ac_problem[128];       /* type of the last CA problem document; "" none */
     struct timespec ac_deadline;  /* end of the current acme_obtain */
     atomic_bool ac_cancel;
 };
@@ -237,6 +239,7 @@ static void problem(struct acme_client *c, const char *what, const char *url,
     size_t off;
 
     c->ac_retry_after = r->r_retry_after > 0 ? r->r_retry_after : 0;
+    snprintf(c->ac_problem, sizeof c->ac_problem, "%s", type ? type : "");
     if (type) {
         off = (size_t)snprintf(err, errlen, "%s %s: HTTP %ld, %s: %s", what, url, r->r_status,
                                type, detail ? detail : "(no detail)");
@@ -807,6 +810,7 @@ int acme_obtain(struct acme_client *c, const char *domain, char **key_pem, char 
 
     *key_pem = *chain_pem = NULL;
     c->ac_retry_after = 0;
+    c->ac_problem[0] = '\0';
     if (atomic_load(&c->ac_cancel)) {
         snprintf(err, errlen, "cancelled");
         return -1;
@@ -828,9 +832,18 @@ int acme_obtain(struct acme_client *c, const char *domain, char **key_pem, char 
     if (!c->ac_kid && doaccount(c, err, errlen) < 0)
         goto out;
 
-    /* 7.4 order, 7.5 authorizations and challenges. */
-    if (doneworder(c, domain, &o, err, errlen) < 0)
-        goto out;
+    /* 7.4 order, 7.5 authorizations and challenges. A CA that no longer
+     * knows the account (a test CA restarted; an account deactivated) gets
+     * it registered again, once. */
+    if (doneworder(c, domain, &o, err, errlen) < 0) {
+        if (strcmp(c->ac_problem, PROBLEM_NO_ACCOUNT) != 0)
+            goto out;
+        log_info("acme: account %s unknown to the CA, registering the key again", c->ac_kid);
+        free(c->ac_kid);
+        c->ac_kid = NULL;
+        if (doaccount(c, err, errlen) < 0 || doneworder(c, domain, &o, err, errlen) < 0)
+            goto out;
+    }
     json_t *authzs = json_object_get(o.o_obj, "authorizations"), *az;
     size_t i;
     if (json_array_size(authzs) == 0) {

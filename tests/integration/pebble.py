@@ -110,9 +110,19 @@ class Pebble:
     # ------------------------------------------------------------ lifecycle
 
     def start(self, timeout=20.0):
-        self.api_ca, cert, key = make_api_cert(self.dir / "api")
+        self.api_ca, self._api_cert, self._api_key = make_api_cert(self.dir / "api")
         self._start_dns()
-        self._start_pebble(cert, key, timeout)
+        self._start_pebble(self._api_cert, self._api_key, timeout)
+        self._fetch_issuers()
+        return self
+
+    def restart(self, timeout=20.0):
+        """Stops pebble alone and starts it again on the same ports with the
+        same API certificate: a CA that was down and came back, having
+        forgotten every account and order, with a new issuing root."""
+        _stop_pid(self.proc)
+        self._log.close()
+        self._start_pebble(self._api_cert, self._api_key, timeout)
         self._fetch_issuers()
         return self
 
@@ -143,7 +153,7 @@ class Pebble:
         if self.nonce_reject is not None:
             env["PEBBLE_WFE_NONCEREJECT"] = str(self.nonce_reject)
         env.update(self.extra_env)
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [PEBBLE, "-config", str(cfg_path), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

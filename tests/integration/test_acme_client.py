@@ -310,3 +310,37 @@ def test_acme_missing_ca_file_is_refused_at_creation(driver, tmp_path):
                      tls_port=_free_tcp_port(), extra=["--ca", str(tmp_path / "nope.pem")])
     assert run.rc == 1
     assert f"--acme-ca {tmp_path / 'nope.pem'}: No such file or directory" in run.stderr
+
+
+def test_acme_registers_again_when_the_ca_forgot_the_account(driver, tmp_path, pebble_ca):
+    """pebble restarted between two issuances on one client (the CA was down
+    and came back without its database): the stale nonce gets a badNonce
+    retry, the unknown account is registered again with the same key, and
+    the second certificate verifies against the new root."""
+    pebble = start_pebble(pebble_ca)
+    first, second = unique("before"), unique("after")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "out").mkdir()
+    args = [str(driver), "--directory", pebble.directory_url, "--ca", str(pebble.api_ca),
+            "--certs-dir", str(tmp_path / "certs"), "--out-dir", str(tmp_path / "out"),
+            "--challenges", "http-01", "--http-port", str(pebble.http_port),
+            "--tls-port", str(pebble.tls_port), "--pause-between",
+            "--domain", first, "--domain", second]
+    p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, errors="replace")
+    try:
+        assert p.stdout.readline().startswith(f"obtained {first} ")
+        assert p.stdout.readline() == "waiting\n"
+        pebble.restart()
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert out.startswith(f"obtained {second} ")
+    assert "accountDoesNotExist" in err and "registering the key again" in err
+    assert err.count("created account") == 2
+    assert_certificate(pebble, tmp_path / "out", second)

@@ -8,11 +8,13 @@
  * /.well-known/acme-challenge/TOKEN), TLS on --tls-port (client-hello
  * callback switching to the tls-alpn-01 context for the SNI), one thread
  * per connection. Then it calls acme_obtain for each --domain and writes
- * OUT_DIR/DOMAIN.key and OUT_DIR/DOMAIN.crt.
+ * OUT_DIR/DOMAIN.key and OUT_DIR/DOMAIN.crt. --pause-between prints
+ * "waiting" and reads a line from stdin before each domain after the first;
+ * --cancel-after-ms calls acme_client_cancel from another thread.
  *
  *   acme_driver --directory URL [--ca FILE] --certs-dir DIR --out-dir DIR
  *               [--http-port N] [--tls-port N] [--challenges http-01,tls-alpn-01]
- *               [--email ADDR] [--timeout-ms N] [--cancel-after-ms N]
+ *               [--email ADDR] [--timeout-ms N] [--cancel-after-ms N] [--pause-between]
  *               --domain NAME [--domain NAME...]
  *
  * Prints "obtained DOMAIN MS" per certificate on stdout; exits 0 when all
@@ -22,6 +24,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,12 +211,14 @@ int main(int argc, char **argv)
         { "challenges", required_argument, NULL, 'C' }, { "email", required_argument, NULL, 'e' },
         { "timeout-ms", required_argument, NULL, 'T' }, { "domain", required_argument, NULL, 'n' },
         { "cancel-after-ms", required_argument, NULL, 'X' },
+        { "pause-between", no_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 },
     };
     struct acme_options o = { 0 };
     const char *out_dir = ".", *domains[16];
     int ndomains = 0, http_port = 0, tls_port = 0, c;
     long cancel_after_ms = 0;
+    bool pause_between = false;
     struct canceller cn;
     pthread_t cancel_thread;
     char err[1024];
@@ -228,6 +233,7 @@ int main(int argc, char **argv)
         case 't': tls_port = atoi(optarg); break;
         case 'e': o.email = optarg; break;
         case 'X': cancel_after_ms = atol(optarg); break;
+        case 'P': pause_between = true; break;
         case 'T': o.obtain_timeout_ms = o.request_timeout_ms = atol(optarg); break;
         case 'C':
             if (strstr(optarg, "http-01"))
@@ -271,6 +277,14 @@ int main(int argc, char **argv)
     for (int i = 0; i < ndomains && rc == 0; i++) {
         char *key = NULL, *chain = NULL;
         struct timespec t0, t1;
+        if (pause_between && i > 0) {
+            /* The test changes the CA (restarts it) and then sends a line. */
+            char line[16];
+            printf("waiting\n");
+            fflush(stdout);
+            if (!fgets(line, sizeof line, stdin))
+                break;
+        }
         clock_gettime(CLOCK_MONOTONIC, &t0);
         if (acme_obtain(cl, domains[i], &key, &chain, err, sizeof err) < 0) {
             fprintf(stderr, "acme_driver: %s: %s\n", domains[i], err);
