@@ -197,7 +197,9 @@ int jws_write_file_atomic(const char *path, const void *data, size_t len,
     char tmp[4096], dir[4096];
     int fd = -1, rc = -1;
 
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
+    /* pid and thread id: two writers of one path never share a temp file. */
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%ld", path, (long)getpid(), (long)gettid()) >=
+        (int)sizeof tmp) {
         snprintf(err, errlen, "%s: path too long", path);
         return -1;
     }

@@ -32,8 +32,8 @@ char *jws_key_pem(EVP_PKEY *key);
 /* Writes jws_key_pem(key) to path atomically, mode 0600. 0, or -1 with err. */
 int jws_key_save(const char *path, EVP_PKEY *key, char *err, size_t errlen);
 
-/* Never a half-written file: writes data to "path.tmp.PID" (mode 0600,
- * O_EXCL), fsyncs it, renames it over path and fsyncs the directory; the
+/* Never a half-written file: writes data to "path.tmp.PID.TID" (mode
+ * 0600), fsyncs it, renames it over path and fsyncs the directory; the
  * temporary file is unlinked on failure. 0, or -1 with err. */
 int jws_write_file_atomic(const char *path, const void *data, size_t len,
                           char *err, size_t errlen);
