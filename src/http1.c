@@ -731,6 +731,33 @@ ssize_t http1_chunked_scan(struct http1_chunked *c, const char *buf, size_t len)
     return p - buf;
 }
 
+ssize_t http1_chunked_decode(struct http1_chunked *c, char *buf, size_t len, size_t *data_len)
+{
+    char *p = buf, *end = buf + len, *w = buf;
+    if (c->state == CH_ERROR)
+        return -1;
+    while (p < end && c->state != CH_DONE) {
+        if (c->state == CH_DATA) {
+            size_t avail = (size_t)(end - p);
+            size_t n = c->remaining < avail ? (size_t)c->remaining : avail;
+            memmove(w, p, n);   /* the data moves left over the framing */
+            w += n;
+            p += n;
+            c->remaining -= n;
+            if (c->remaining == 0)
+                c->state = CH_DATA_CR;
+            continue;
+        }
+        if (!chunked_step(c, (unsigned char)*p++)) {
+            c->state = CH_ERROR;
+            c->done = false;
+            return -1;
+        }
+    }
+    *data_len = (size_t)(w - buf);
+    return p - buf;
+}
+
 /* ---- Head rewriting -------------------------------------------------------- */
 
 /* Output under a capacity: once something does not fit, the result is -1. */
@@ -913,8 +940,12 @@ ssize_t http1_write_response_head(const struct http1_response *resp, bool close,
     PUT_LIT(&o, " ");
     put_slice(&o, resp->reason);
     PUT_LIT(&o, "\r\n");
+    /* An HTTP/1.0 client cannot read chunked: the proxy decodes the body
+     * (http1_chunked_decode) and ends it by closing the connection. */
+    bool dechunk = client_minor_version == 0 && resp->info.chunked;
     for (size_t i = 0; i < resp->num_headers; i++)
-        if (header_forwarded(&resp->headers[i], F_HOP, upgrade, &cn))
+        if (header_forwarded(&resp->headers[i], F_HOP, upgrade, &cn) &&
+            !(dechunk && http1_slice_eq(resp->headers[i].name, "transfer-encoding")))
             put_header(&o, &resp->headers[i]);
     if (upgrade)
         PUT_LIT(&o, "Connection: upgrade\r\n");

@@ -109,6 +109,11 @@ struct http1_chunked {
  * differently is refused. After -1 every call returns -1. */
 ssize_t http1_chunked_scan(struct http1_chunked *c, const char *buf, size_t len);
 
+/* Like http1_chunked_scan, and also removes the chunk framing in place:
+ * the chunk data of buf[0..return value) is moved to buf[0..*data_len).
+ * For HTTP/1.0 clients, which cannot read chunked bodies. */
+ssize_t http1_chunked_decode(struct http1_chunked *c, char *buf, size_t len, size_t *data_len);
+
 /* What the proxy adds to a forwarded request. */
 struct http1_forward {
     const char *client_addr;   /* "203.0.113.7" or "2001:db8::1" */
@@ -136,8 +141,9 @@ ssize_t http1_write_request_head(const struct http1_request *req, const struct h
 /* Writes the response head for the client: status line ("HTTP/1.1 <status>
  * <reason>", the space kept when the reason is empty), end-to-end headers
  * unchanged and in order, hop-by-hop ones removed as for requests
- * (Content-Length, Transfer-Encoding kept: a chunked body for an HTTP/1.0
- * client is the caller's problem), then for 101 the Upgrade header kept and
+ * (Content-Length, Transfer-Encoding kept, except that Transfer-Encoding
+ * is dropped for an HTTP/1.0 client: the caller decodes that body with
+ * http1_chunked_decode and closes after it, so close must be true), then for 101 the Upgrade header kept and
  * "Connection: upgrade" written, otherwise "Connection: close" when close is
  * true (and "Connection: keep-alive" when the client spoke HTTP/1.0 and close
  * is false). Returns length, or -1 when it does not fit or the status is

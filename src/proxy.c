@@ -18,6 +18,7 @@
  * unscanned or the next pipelined request. */
 #include "proxy.h"
 #include "buf.h"
+#include "challenge.h"
 #include "cli.h"
 #include "domain.h"
 #include "http1.h"
@@ -58,6 +59,7 @@ enum framing {
     F_CHUNKED,     /* chunked, relayed verbatim */
     F_CLOSE,       /* until the backend closes (responses only) */
     F_TUNNEL,      /* everything (upgraded) */
+    F_DECHUNK,     /* chunked from the backend, decoded for an HTTP/1.0 client */
 };
 
 /* Body framing of one direction of the current exchange. */
@@ -335,6 +337,7 @@ static void log_access(struct client *cl)
 static const char *status_reason(int status)
 {
     switch (status) {
+    case 200: return "OK";
     case 307: return "Temporary Redirect";
     case 400: return "Bad Request";
     case 404: return "Not Found";
@@ -564,6 +567,8 @@ static void client_close(struct client *cl, const char *why)
     if (why)
         log_debug("client %s closed: %s", cl->addr, why);
     cl->dead = true;
+    if (cl->state == C_TUNNEL)
+        log_access(cl);   /* an upgraded exchange ends with its tunnel */
     if (cl->up)
         upstream_close(cl->up);
     if (cl->ex) {
@@ -696,6 +701,25 @@ static void send_https_redirect(struct client *cl, const struct http1_request *r
     send_generated(cl, 307, "Temporary Redirect", false, loc);
 }
 
+/* ACME http-01 (RFC 8555 8.3): the CA fetches
+ * /.well-known/acme-challenge/TOKEN over plain HTTP and expects the key
+ * authorization. Answered here, never redirected. Returns true if answered. */
+static bool answer_http01(struct client *cl, const struct http1_request *req)
+{
+    static const char prefix[] = "/.well-known/acme-challenge/";
+    const size_t plen = sizeof prefix - 1;
+    char keyauth[512];
+    struct http1_slice t = req->target;
+
+    if (t.len <= plen || memcmp(t.base, prefix, plen) != 0)
+        return false;
+    if (challenge_http_lookup(t.base + plen, t.len - plen, keyauth, sizeof keyauth) < 0)
+        return false;
+    log_info("acme: answered http-01 challenge for %s", cl->ex->host);
+    send_generated(cl, 200, keyauth, false, NULL);
+    return true;
+}
+
 /* Sets up the exchange for a parsed request: routing, framing, staging. */
 static void start_request(struct client *cl, const struct http1_request *req, uint32_t head_len)
 {
@@ -736,6 +760,8 @@ static void start_request(struct client *cl, const struct http1_request *req, ui
         buf_consume(cl->in, head_len);
         cl->in_ok = 0;
     }
+    if (!cl->tls && cl->w->cfg->release && answer_http01(cl, req))
+        return;
     if (ex->port == 0) {
         send_generated(cl, 404, "Domain Not Recognized", false, NULL);
         return;
@@ -1006,14 +1032,14 @@ static bool parse_response(struct client *cl)
     else if (!has_body)
         frame_init(&ex->resp, F_NONE, 0);
     else if (resp->info.chunked)
-        frame_init(&ex->resp, F_CHUNKED, 0);
+        frame_init(&ex->resp, ex->minor == 0 ? F_DECHUNK : F_CHUNKED, 0);
     else if (resp->info.content_length >= 0)
         frame_init(&ex->resp, F_LENGTH, resp->info.content_length);
     else
         frame_init(&ex->resp, F_CLOSE, 0);
     ex->backend_close = resp->info.conn_close || ex->resp.kind == F_CLOSE || !ex->req.done;
-    ex->close_after = !tunnel && (ex->client_close || ex->resp.kind == F_CLOSE || !ex->req.done ||
-                                  cl->w->draining);
+    ex->close_after = !tunnel && (ex->client_close || ex->resp.kind == F_CLOSE ||
+                                  ex->resp.kind == F_DECHUNK || !ex->req.done || cl->w->draining);
     ex->status = resp->status;
 
     ssize_t hl = http1_write_response_head(resp, ex->close_after, ex->minor, cl->w->px->scratch,
@@ -1061,7 +1087,20 @@ static bool scan_response_body(struct client *cl)
         return false;
     if (ex->resp.done || cl->out_ok >= buf_len(cl->out))
         return false;
-    k = frame_scan(&ex->resp, buf_head(cl->out) + cl->out_ok, buf_len(cl->out) - cl->out_ok);
+    if (ex->resp.kind == F_DECHUNK) {
+        /* Decode in place: the chunk data moves left over the framing. */
+        char *p = buf_head(cl->out) + cl->out_ok;
+        size_t data = 0, avail = buf_len(cl->out) - cl->out_ok;
+        k = http1_chunked_decode(&ex->resp.ch, p, avail, &data);
+        if (k >= 0) {
+            memmove(p + data, p + k, avail - (size_t)k);
+            cl->out->end -= (uint32_t)((size_t)k - data);
+            ex->resp.done = ex->resp.ch.done;
+            k = (ssize_t)data;
+        }
+    } else {
+        k = frame_scan(&ex->resp, buf_head(cl->out) + cl->out_ok, buf_len(cl->out) - cl->out_ok);
+    }
     if (k < 0) {
         log_warn("backend 127.0.0.1:%u for %s: malformed chunked response", ex->port, ex->host);
         client_close(cl, "malformed chunked response");
