@@ -1,0 +1,510 @@
+#!/usr/bin/env bash
+# bench/run.sh — `make bench`: core_server side by side with nginx, HAProxy and
+# Caddy in front of one fast nginx backend, plus the backend alone (the
+# ceiling). Prints one markdown table and writes it to
+# bench/results-YYYY-MM-DD.md. Not part of CI. Needs root only to install
+# missing Debian packages (and to raise the open-file limit).
+#
+# Fairness: every proxy runs one worker thread pinned to CPU 0 (taskset):
+# core_server --workers 1, nginx worker_processes 1, HAProxy nbthread 1,
+# Caddy GOMAXPROCS=1. The load generator and the backend share CPU 1.
+# Access logs are off everywhere. The same ECDSA P-256 certificate (one
+# mkcert CA) and TLS 1.3 for every TLS listener.
+#
+# Cases (each proxy interleaved, the order rotated every round, ROUNDS rounds):
+#   (a) HTTP/1.1 keep-alive, 100-byte responses     wrk -t1 -c50
+#   (b) a new connection per request                 wrk -t1 -c50, Connection: close
+#   (c) 1 MiB responses                              wrk -t1 -c50, /1m
+#   (d) HTTPS/1.1 keep-alive                         wrk -t1 -c50 https
+#   (e) a new TLS connection per request             bench/tlsconn.c (full TLS 1.3
+#       handshake each time, no resumption; latency from connect() to last byte)
+#   (f) HTTP/2 over TLS                              h2load -t1 -c50 -m10 (where the
+#       proxy offers h2 in ALPN; core_server does not yet -> skipped)
+#   (g) 10,000 idle keep-alive connections held      bench/idle_conns.py (fresh
+#       processes; VmRSS before/after from /proc)
+#   (h) a burst of 10,000 distinct `add`s over UDP   bench/udp_burst.py (core_server
+#       only; fresh instance with no routes each round)
+# Figures: requests/s (MiB/s for (c)), p50/p99 latency, the proxy's CPU
+# seconds (utime+stime of its processes, /proc/PID/stat) per 100,000
+# requests over the measured run, peak RSS (VmHWM, reset before each run
+# with clear_refs), each also as a ratio to nginx in the same run.
+#
+# Knobs (environment): BENCH_DURATION (s per run, 5), BENCH_ROUNDS (3),
+# BENCH_CONNS (50), BENCH_IDLE_CONNS (10000), BENCH_UDP_ADDS (10000),
+# BENCH_CORE_RSA (1: also run (d)/(e) against a core_server that makes its
+# own certificate with mkcert, RSA-2048 by default), CORE_SERVER (a binary to
+# use instead of building ./core_server).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BENCH=$ROOT/bench
+DURATION=${BENCH_DURATION:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
+CONNS=${BENCH_CONNS:-50}
+IDLE_N=${BENCH_IDLE_CONNS:-10000}
+UDP_N=${BENCH_UDP_ADDS:-10000}
+CORE_RSA=${BENCH_CORE_RSA:-1}
+PROXY_CPU=0
+LOAD_CPU=1
+HOST=localhost          # resolves to 127.0.0.1 from /etc/hosts; the SNI and Host name
+PY=/usr/bin/python3
+
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+T0=$(date +%s)
+
+# ---------------------------------------------------------------- packages
+install_missing() {
+    local want=(nginx haproxy caddy wrk nghttp2-client mkcert util-linux procps curl openssl
+                python3 gcc libc6-dev libssl-dev make pkg-config)
+    local missing=() p
+    for p in "${want[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    say "installing ${missing[*]}"
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || die "missing ${missing[*]} and not root"
+        sudo=(sudo -n)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq </dev/null
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+}
+install_missing
+
+[ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (proxy on CPU 0, load + backend on CPU 1)"
+
+# 10,000 idle connections: the client and each proxy need more descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+[ "$NOFILE" -ge $((IDLE_N + 1000)) ] || say "warning: ulimit -n is $NOFILE; case (g) may fail"
+
+# ---------------------------------------------------------------- temp dir, cleanup
+T=$(mktemp -d /tmp/core-bench.XXXXXX)
+declare -A PID=()        # target -> main pid
+ALL_PIDS=()
+cleanup() {
+    local p
+    for p in "${ALL_PIDS[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "${ALL_PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- build
+if [ -n "${CORE_SERVER:-}" ]; then
+    cp "$CORE_SERVER" "$T/core_server"
+else
+    say "building core_server"
+    make -s core_server >&2
+    cp "$ROOT/core_server" "$T/core_server"   # a private copy: the tree may change meanwhile
+fi
+CORE=$T/core_server
+gcc -O2 -o "$T/tlsconn" "$BENCH/tlsconn.c" -lssl -lcrypto
+
+# ---------------------------------------------------------------- ports
+read -r -a PORTS <<<"$($PY - <<'EOF'
+import socket
+socks, ports = [], []
+for _ in range(16):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s); ports.append(s.getsockname()[1])
+u = []
+for _ in range(3):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); socks.append(s); u.append(s.getsockname()[1])
+print(" ".join(map(str, ports + u)))
+EOF
+)"
+BACKEND_PORT=${PORTS[0]};  BACKEND_TLS_PORT=${PORTS[1]}
+NGINX_PORT=${PORTS[2]};    NGINX_TLS_PORT=${PORTS[3]}
+HAPROXY_PORT=${PORTS[4]};  HAPROXY_TLS_PORT=${PORTS[5]}
+CADDY_PORT=${PORTS[6]};    CADDY_TLS_PORT=${PORTS[7]}
+CORE_PORT=${PORTS[8]};     CORE_TLS_PORT=${PORTS[9]}
+CORERSA_PORT=${PORTS[10]}; CORERSA_TLS_PORT=${PORTS[11]}
+CORE_UDP=${PORTS[16]}; CORERSA_UDP=${PORTS[17]}; COREH_UDP=${PORTS[18]}
+COREH_PORT=${PORTS[12]}; COREH_TLS_PORT=${PORTS[13]}
+CORETLS_PORT=${PORTS[14]}; CORETLS_UDP=${PORTS[15]}
+
+# core_server in local mode serves HTTPS only when mkcert is on its PATH, and
+# then answers plain HTTP with a 307 to HTTPS. So it runs as two processes
+# (never measured at the same time): "core_server" without mkcert on PATH for
+# the plain cases, "core_server_tls" with it for the TLS cases.
+declare -A PLAIN=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
+                  [caddy]=$CADDY_PORT [core_server]=$CORE_PORT [core_server_tls]=$CORETLS_PORT
+                  [core_server_rsa]=$CORERSA_PORT)
+declare -A TLS=([backend]=$BACKEND_TLS_PORT [nginx]=$NGINX_TLS_PORT [haproxy]=$HAPROXY_TLS_PORT
+                [caddy]=$CADDY_TLS_PORT [core_server]= [core_server_tls]=$CORE_TLS_PORT
+                [core_server_rsa]=$CORERSA_TLS_PORT)
+proc_of() {   # proc_of CASE TARGET: the process that serves TARGET in CASE
+    case $1-$2 in
+    [def]-core_server) echo core_server_tls ;;
+    *) echo "$2" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- files
+mkdir -p "$T"/{pki,backend/www,backend/tmp,nginx/tmp,haproxy,caddy/home,core/conf,core/certs,core/nobin,core_tls/conf,core_tls/certs,core_rsa/conf,core_rsa/certs,coreh,raw}
+BODY100=$(printf 'core-bench %0*d' 88 0)     # 100 bytes with the newline below
+BODY100="$BODY100\n"
+head -c 1048576 /dev/urandom >"$T/backend/www/1m"
+# nginx workers run as "nobody" when started as root: let them read the files.
+chmod 755 "$T" "$T/backend" "$T/backend/www"
+chmod 644 "$T/backend/www/1m"
+
+render() {   # render TEMPLATE OUT: replaces @NAME@ with $NAME
+    local s
+    s=$(<"$1")
+    local v
+    for v in T HOST LOADCPU BACKEND_PORT BACKEND_TLS_PORT NGINX_PORT NGINX_TLS_PORT HAPROXY_PORT \
+             HAPROXY_TLS_PORT CADDY_PORT CADDY_TLS_PORT BODY100 NOFILE CONNS_MAX; do
+        s=${s//@$v@/${!v}}
+    done
+    printf '%s\n' "$s" >"$2"
+}
+LOADCPU=$LOAD_CPU
+# nginx preallocates worker_connections and HAProxy sizes its tables by
+# maxconn: 4096 for cases (a)-(f) (50 connections), enough for 10,000 in (g).
+CONNS_MAX=$NOFILE
+render "$BENCH/nginx-backend.conf.in" "$T/backend/nginx.conf"
+render "$BENCH/nginx-proxy.conf.in" "$T/nginx/nginx-g.conf"
+render "$BENCH/haproxy.cfg.in" "$T/haproxy/haproxy-g.cfg"
+CONNS_MAX=4096
+render "$BENCH/nginx-proxy.conf.in" "$T/nginx/nginx.conf"
+render "$BENCH/haproxy.cfg.in" "$T/haproxy/haproxy.cfg"
+render "$BENCH/Caddyfile.in" "$T/caddy/Caddyfile"
+CONF_SUFFIX=""   # "-g" for case (g)
+
+# One mkcert CA, one ECDSA P-256 certificate for $HOST, used by every TLS listener.
+export CAROOT=$T/pki/ca
+mkdir -p "$CAROOT"
+mkcert -ecdsa -cert-file "$T/pki/$HOST-cert.pem" -key-file "$T/pki/$HOST-key.pem" "$HOST" >"$T/pki/mkcert.log" 2>&1 \
+    || { cat "$T/pki/mkcert.log" >&2; die "mkcert failed"; }
+cat "$T/pki/$HOST-cert.pem" "$T/pki/$HOST-key.pem" >"$T/pki/$HOST.pem"
+# core_server loads DOMAIN-cert.pem/DOMAIN-key.pem from --certs-dir when they
+# exist (it runs mkcert only when they do not): give it the same P-256 pair.
+cp "$T/pki/$HOST-cert.pem" "$T/pki/$HOST-key.pem" "$T/core_tls/certs/"
+
+# ---------------------------------------------------------------- processes
+wait_port() {   # wait_port PORT [SECONDS]
+    local i
+    for i in $(seq $((${2:-10} * 20))); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+show_logs() { local f; for f in "$T"/*/out.log "$T"/*/error.log; do [ -s "$f" ] && { echo "== $f"; tail -n 15 "$f"; }; done >&2 || true; }
+
+start_target() {   # start_target NAME: starts it (pinned) and records PID[NAME]
+    local n=$1 p
+    case $n in
+    backend)
+        taskset -c "$LOAD_CPU" nginx -p "$T/backend" -c "$T/backend/nginx.conf" -g 'daemon off;' \
+            >"$T/backend/out.log" 2>&1 &
+        p=$! ;;
+    nginx)
+        taskset -c "$PROXY_CPU" nginx -p "$T/nginx" -c "$T/nginx/nginx$CONF_SUFFIX.conf" -g 'daemon off;' \
+            >"$T/nginx/out.log" 2>&1 &
+        p=$! ;;
+    haproxy)
+        taskset -c "$PROXY_CPU" haproxy -db -f "$T/haproxy/haproxy$CONF_SUFFIX.cfg" >"$T/haproxy/out.log" 2>&1 &
+        p=$! ;;
+    caddy)
+        HOME=$T/caddy/home XDG_DATA_HOME=$T/caddy/home XDG_CONFIG_HOME=$T/caddy/home GOMAXPROCS=1 \
+            taskset -c "$PROXY_CPU" caddy run --config "$T/caddy/Caddyfile" --adapter caddyfile \
+            >"$T/caddy/out.log" 2>&1 &
+        p=$! ;;
+    core_server)       # plain HTTP only: no mkcert on its PATH
+        taskset -c "$PROXY_CPU" env PATH="$T/core/nobin" "$CORE" --http-port "$CORE_PORT" \
+            --https-port "$CORE_TLS_PORT" --udp-port "$CORE_UDP" --config-dir "$T/core/conf" \
+            --certs-dir "$T/core/certs" --workers 1 --no-access-log >"$T/core/out.log" 2>&1 &
+        p=$! ;;
+    core_server_tls)   # HTTPS with the bench's P-256 pair, found in its --certs-dir
+        taskset -c "$PROXY_CPU" "$CORE" --http-port "$CORETLS_PORT" --https-port "$CORE_TLS_PORT" \
+            --udp-port "$CORETLS_UDP" --config-dir "$T/core_tls/conf" --certs-dir "$T/core_tls/certs" \
+            --workers 1 --no-access-log >"$T/core_tls/out.log" 2>&1 &
+        p=$! ;;
+    core_server_rsa)
+        taskset -c "$PROXY_CPU" "$CORE" --http-port "$CORERSA_PORT" --https-port "$CORERSA_TLS_PORT" \
+            --udp-port "$CORERSA_UDP" --config-dir "$T/core_rsa/conf" --certs-dir "$T/core_rsa/certs" \
+            --workers 1 --no-access-log >"$T/core_rsa/out.log" 2>&1 &
+        p=$! ;;
+    *) die "unknown target $n" ;;
+    esac
+    PID[$n]=$p
+    ALL_PIDS+=("$p")
+    wait_port "${PLAIN[$n]}" 15 || { show_logs; die "$n did not start"; }
+    [ -z "${TLS[$n]}" ] || wait_port "${TLS[$n]}" 15 || die "$n: no TLS listener"
+    case $n in
+    core_server) "$CORE" add "$HOST" "$BACKEND_PORT" --udp-port "$CORE_UDP" >/dev/null ;;
+    core_server_tls) "$CORE" add "$HOST" "$BACKEND_PORT" --udp-port "$CORETLS_UDP" >/dev/null ;;
+    core_server_rsa) "$CORE" add "$HOST" "$BACKEND_PORT" --udp-port "$CORERSA_UDP" >/dev/null ;;
+    esac
+}
+
+stop_target() {   # stop_target NAME
+    local p=${PID[$1]:-}
+    [ -n "$p" ] || return 0
+    kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    unset "PID[$1]"
+}
+
+pids_of() {   # the target's processes: the main one and its children (nginx's worker)
+    local p=${PID[$1]}
+    echo "$p" $(pgrep -P "$p" || true)
+}
+
+cpu_ticks() {   # utime+stime summed over the given pids, in clock ticks
+    local t=0 p line f
+    for p in "$@"; do
+        line=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        read -r -a f <<<"${line##*) }"   # f[0] is field 3 (state): utime is 14, stime 15
+        t=$((t + f[11] + f[12]))
+    done
+    echo "$t"
+}
+
+status_sum() {   # status_sum FIELD PIDS...: sum of a /proc/PID/status field (kB)
+    local field=$1 t=0 p v
+    shift
+    for p in "$@"; do
+        v=$(awk -v f="$field:" '$1==f {print $2}' "/proc/$p/status" 2>/dev/null) || v=0
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+
+reset_hwm() { local p; for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
+
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- start everything
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+say "tmp dir $T; load average $LOAD_BEFORE"
+PROCS=(backend nginx haproxy caddy core_server core_server_tls)
+[ "$CORE_RSA" = 1 ] && PROCS+=(core_server_rsa)
+for n in "${PROCS[@]}"; do start_target "$n"; done
+
+# Sanity: every target answers 200 through the proxy, on HTTP and HTTPS.
+NOTES=()
+for n in "${PROCS[@]}"; do
+    case $n in core_server_tls|core_server_rsa) ;; *)
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:${PLAIN[$n]}/") || true
+        [ "$code" = 200 ] || { show_logs; die "$n: GET / gave $code"; }
+        size=$(curl -s -o /dev/null -w '%{size_download}' "http://$HOST:${PLAIN[$n]}/1m")
+        [ "$size" = 1048576 ] || die "$n: /1m gave $size bytes" ;;
+    esac
+    [ -n "${TLS[$n]}" ] || continue
+    code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CAROOT/rootCA.pem" "https://$HOST:${TLS[$n]}/") || true
+    [ "$code" = 200 ] || { show_logs; die "$n: HTTPS GET / gave $code"; }
+done
+# What each one serves: certificate key type, TLS version, ALPN h2.
+declare -A H2=()
+for n in "${PROCS[@]}"; do
+    [ -n "${TLS[$n]}" ] || continue
+    info=$(openssl s_client -connect "127.0.0.1:${TLS[$n]}" -servername "$HOST" -alpn h2,http/1.1 \
+           -CAfile "$CAROOT/rootCA.pem" </dev/null 2>&1 \
+           | grep -aE 'Peer signature type|Server Temp Key|Server public key is|Cipher is|ALPN protocol|No ALPN|Verify return code' \
+           | tr -s ' ' | sed 's/^ //' | paste -sd ';' -)
+    case $info in *"ALPN protocol: h2"*) H2[$n]=1 ;; *) H2[$n]=0 ;; esac
+    NOTES+=("$n TLS: $info")
+done
+
+# ---------------------------------------------------------------- measuring
+RAW=$T/raw/runs.tsv
+printf 'round\tcase\ttarget\trequests\tseconds\tbytes\tp50_us\tp99_us\tcpu_s\thwm_kib\terrors\n' >"$RAW"
+
+run_load() {   # run_load CASE PROC OUTFILE: prints "requests seconds bytes p50 p99 errors"
+    local c=$1 n=$2 out=$3 url port
+    port=${PLAIN[$n]}
+    case $c in d|e|f) port=${TLS[$n]} ;; esac
+    case $c in
+    a)  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
+            "http://$HOST:$port/" >"$out" 2>&1 ;;
+    b)  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
+            -H 'Connection: close' "http://$HOST:$port/" >"$out" 2>&1 ;;
+    c)  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
+            "http://$HOST:$port/1m" >"$out" 2>&1 ;;
+    d)  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
+            "https://$HOST:$port/" >"$out" 2>&1 ;;
+    e)  taskset -c "$LOAD_CPU" "$T/tlsconn" 127.0.0.1 "$port" "$HOST" / "$CONNS" "$DURATION" \
+            >"$out" 2>&1 ;;
+    f)  taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m10 -D "$DURATION" --log-file="$out.reqlog" \
+            "https://$HOST:$port/" >"$out" 2>&1 ;;
+    esac
+    case $c in
+    a|b|c|d)
+        awk '/^BENCH /{for(i=2;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}
+             printf "%s %.3f %s %s %s %d\n", v["requests"], v["duration_us"]/1e6, v["bytes"],
+                    v["p50_us"], v["p99_us"],
+                    v["err_connect"]+v["err_read"]+v["err_write"]+v["err_status"]+v["err_timeout"]}' "$out" ;;
+    e)
+        awk '/^requests=/{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}
+             printf "%s %s 0 %s %s %d\n", v["requests"], v["seconds"], v["p50_us"], v["p99_us"],
+                    v["errors"]+v["non2xx"]}' "$out" ;;
+    f)
+        $PY - "$out" "$out.reqlog" <<'EOF'
+import re, sys
+txt = open(sys.argv[1]).read()
+m = re.search(r"finished in ([\d.]+)(m?s)", txt)
+secs = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1) if m else 0
+m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", txt)
+done, ok, failed, errored, timeout = (int(m.group(i)) for i in (3, 4, 5, 6, 7)) if m else (0, 0, 0, 0, 0)
+m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", txt)
+bad = int(m.group(3)) + int(m.group(4)) if m else 0
+lat = []
+for line in open(sys.argv[2]):
+    f = line.split()
+    if len(f) >= 3 and f[1].startswith("2"):
+        lat.append(int(f[2]))
+lat.sort()
+pc = lambda p: lat[min(len(lat) - 1, int(len(lat) * p / 100))] if lat else 0
+m = re.search(r"traffic: [\d.]+\w* \((\d+)\) total", txt)
+print(ok, f"{secs:.3f}", m.group(1) if m else 0, pc(50), pc(99), failed + errored + timeout + bad)
+EOF
+        rm -f "$out.reqlog" ;;
+    esac
+}
+
+measure() {   # measure ROUND CASE TARGET
+    local r=$1 c=$2 n=$3 pids cpu0 cpu1 hwm res out proc
+    proc=$(proc_of "$c" "$n")
+    pids=$(pids_of "$proc")
+    out=$T/raw/$r-$c-$n.out
+    reset_hwm $pids
+    cpu0=$(cpu_ticks $pids)
+    res=$(run_load "$c" "$proc" "$out")
+    cpu1=$(cpu_ticks $pids)
+    hwm=$(status_sum VmHWM $pids)
+    for p in $pids; do kill -0 "$p" 2>/dev/null || { NOTES+=("round $r case $c: $n process $p died"); }; done
+    [ -n "$res" ] || { res="0 0 0 0 0 1"; NOTES+=("round $r case $c $n: no result: $(tail -3 "$out" | tr '\n' ' ')"); }
+    set -- $res
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$c" "$n" "$1" "$2" "$3" "$4" "$5" \
+        "$(awk -v a="$cpu0" -v b="$cpu1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}')" "$hwm" "$6" >>"$RAW"
+    # Keep the load generator's complaints (non-2xx, socket errors) for the report.
+    if grep -qE 'Non-2xx|Socket errors' "$out"; then
+        NOTES+=("round $r case $c $n: $(grep -E 'Non-2xx|Socket errors' "$out" | tr -s ' ' | paste -sd ';' -)")
+    fi
+    cp "$out" "$T/raw/keep-$r-$c-$n.out"
+    say "round $r ($c) $n: $res cpu $(awk -v a="$cpu0" -v b="$cpu1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}')s"
+    sleep 0.3
+}
+
+CASES=(a b c d e f)
+targets_for() {   # targets_for CASE ROUND: the targets of a case, rotated by round
+    local c=$1 r=$2 list=() n
+    for n in backend nginx haproxy caddy core_server; do
+        [ "$c" = f ] && [ "${H2[$(proc_of f "$n")]}" != 1 ] && continue
+        list+=("$n")
+    done
+    if [ "$CORE_RSA" = 1 ] && { [ "$c" = d ] || [ "$c" = e ]; }; then list+=(core_server_rsa); fi
+    [ "${#list[@]}" -gt 0 ] || return 0
+    local k=$(( (r - 1) % ${#list[@]} ))
+    echo "${list[@]:k}" "${list[@]:0:k}"
+}
+
+# Warm-up: a short run of each case against each target (upstream pools,
+# certificate load, allocator), not measured.
+say "warm-up"
+for c in "${CASES[@]}"; do
+    for n in $(targets_for "$c" 1); do
+        DURATION=1 run_load "$c" "$(proc_of "$c" "$n")" "$T/raw/warm.out" >/dev/null || true
+    done
+done
+
+for r in $(seq "$ROUNDS"); do
+    for c in "${CASES[@]}"; do
+        for n in $(targets_for "$c" "$r"); do
+            measure "$r" "$c" "$n"
+        done
+    done
+done
+
+# ---------------------------------------------------------------- (g) idle connections
+# Fresh processes, so that memory freed by earlier cases does not hide growth.
+G=$T/raw/idle.jsonl
+: >"$G"
+for n in "${PROCS[@]}"; do [ "$n" = backend ] || stop_target "$n"; done
+CONF_SUFFIX=-g
+for n in backend nginx haproxy caddy core_server; do
+    if [ "$n" = backend ]; then stop_target backend; fi
+    start_target "$n"
+    curl -s -o /dev/null "http://$HOST:${PLAIN[$n]}/"
+    sleep 0.5
+    res=$(taskset -c "$LOAD_CPU" $PY "$BENCH/idle_conns.py" 127.0.0.1 "${PLAIN[$n]}" "$HOST:${PLAIN[$n]}" \
+          "$IDLE_N" --pids "$(pids_of "$n" | tr ' ' ',')")
+    echo "{\"target\": \"$n\", \"result\": $res}" >>"$G"
+    say "(g) $n: $res"
+    [ "$n" = backend ] || stop_target "$n"
+    sleep 1
+done
+
+# ---------------------------------------------------------------- (h) UDP add burst
+H=$T/raw/udp.jsonl
+: >"$H"
+for r in $(seq "$ROUNDS"); do
+    rm -rf "$T/coreh"; mkdir -p "$T/coreh/conf" "$T/coreh/certs"
+    taskset -c "$PROXY_CPU" "$CORE" --http-port "$COREH_PORT" --https-port "$COREH_TLS_PORT" \
+        --udp-port "$COREH_UDP" --config-dir "$T/coreh/conf" --certs-dir "$T/coreh/certs" \
+        --workers 1 --no-access-log >"$T/coreh/out.log" 2>&1 &
+    hp=$!
+    ALL_PIDS+=("$hp")
+    wait_port "$COREH_PORT" 15 || die "core_server for (h) did not start"
+    "$CORE" list --udp-port "$COREH_UDP" >/dev/null || true   # the command loop is up
+    # A burst (everything at once), then at most 128 without a reply (a
+    # client that paces itself), on the same instance with new names.
+    for mode in burst window128; do
+        win=0; [ "$mode" = window128 ] && win=128
+        reset_hwm "$hp"
+        cpu0=$(cpu_ticks "$hp")
+        drops0=$(awk '/^Udp:/ && $2 ~ /^[0-9]/ {print $6}' /proc/net/snmp)
+        res=$(taskset -c "$LOAD_CPU" $PY "$BENCH/udp_burst.py" 127.0.0.1 "$COREH_UDP" "$UDP_N" "r$r-$mode" \
+              "$BACKEND_PORT" --window "$win")
+        cpu1=$(cpu_ticks "$hp")
+        drops1=$(awk '/^Udp:/ && $2 ~ /^[0-9]/ {print $6}' /proc/net/snmp)
+        hwm=$(status_sum VmHWM "$hp")
+        routes=$(wc -l <"$T/coreh/conf/forward_targets.txt" 2>/dev/null || echo 0)
+        echo "{\"round\": $r, \"mode\": \"$mode\", \"cpu_s\": $(awk -v a="$cpu0" -v b="$cpu1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}'), \"hwm_kib\": $hwm, \"routes_in_file\": $routes, \"udp_rcvbuf_errors\": $((drops1 - drops0)), \"result\": $res}" >>"$H"
+        say "(h) round $r $mode: $res; routes in file: $routes; UDP RcvbufErrors +$((drops1 - drops0))"
+    done
+    kill -TERM "$hp" 2>/dev/null || true
+    wait "$hp" 2>/dev/null || true
+done
+
+# ---------------------------------------------------------------- report
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+ELAPSED=$(( $(date +%s) - T0 ))
+# core_server errors/warnings in its own log
+for d in core core_tls core_rsa coreh; do
+    if grep -qiE 'error|warn|crit|fatal' "$T/$d/out.log" 2>/dev/null; then
+        NOTES+=("core_server log ($d): $(grep -iE 'error|warn|crit|fatal' "$T/$d/out.log" | sort | uniq -c | sort -rn | head -5 | tr -s ' ' | paste -sd ';' -)")
+    fi
+done
+[ -f "$T/core_rsa/certs/$HOST-cert.pem" ] && \
+    NOTES+=("core_server_rsa made its own certificate: $(openssl x509 -in "$T/core_rsa/certs/$HOST-cert.pem" -noout -text | grep -E 'Public Key Algorithm|Public-Key' | tr -s ' ' | paste -sd ';' -)")
+
+VERSIONS="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'); HAProxy $(haproxy -v | head -1 | awk '{print $3}'); Caddy $(caddy version | awk '{print $1}'); core_server $("$CORE" --version 2>&1 | head -1); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $NF}'); OpenSSL $(openssl version | awk '{print $2}')"
+DATE=$(date +%Y-%m-%d)
+OUT=$BENCH/results-$DATE.md
+printf '%s\n' "${NOTES[@]}" >"$T/raw/notes.txt"
+$PY "$BENCH/report.py" "$RAW" "$G" "$H" "$T/raw/notes.txt" \
+    --date "$(date '+%Y-%m-%d %H:%M %Z')" --nproc "$(nproc)" \
+    --cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
+    --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" --elapsed "$ELAPSED" \
+    --duration "$DURATION" --rounds "$ROUNDS" --conns "$CONNS" --idle "$IDLE_N" --adds "$UDP_N" \
+    --versions "$VERSIONS" --kernel "$(uname -r)" >"$OUT"
+cat "$OUT"
+say "wrote $OUT in ${ELAPSED}s"
