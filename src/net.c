@@ -109,6 +109,19 @@ int net_connect_loopback(int port)
     return fd;
 }
 
+ssize_t net_recv(int fd, void *buf, size_t len)
+{
+    return recv(fd, buf, len, 0);
+}
+
+ssize_t net_sendv(int fd, const struct iovec *iov, int iovcnt)
+{
+    if (iovcnt == 1)
+        return send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt };
+    return sendmsg(fd, &m, MSG_NOSIGNAL);
+}
+
 void net_addr_str(const struct sockaddr *sa, char *out, size_t cap)
 {
     const char *r = NULL;

@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 /* Dual-stack [::]:port (0.0.0.0:port when IPv6 is unavailable), non-blocking,
  * SO_REUSEADDR and SO_REUSEPORT (so a new instance can listen before the old
@@ -21,6 +23,12 @@ int net_bind_udp(int port, char *err, size_t errlen);
 /* Starts a non-blocking connect to 127.0.0.1:port. Returns the fd (the
  * connect may still be in progress), or -1 with errno set. */
 int net_connect_loopback(int port);
+
+/* recv/sendmsg on a connected socket: like read/writev but without the
+ * file-position locking read(2) and writev(2) do (measurably cheaper per
+ * request). MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE. */
+ssize_t net_recv(int fd, void *buf, size_t len);
+ssize_t net_sendv(int fd, const struct iovec *iov, int iovcnt);
 
 /* Formats the address (no port) into out; "?" when unknown. */
 void net_addr_str(const struct sockaddr *sa, char *out, size_t cap);

@@ -943,7 +943,7 @@ static bool write_upstream(struct client *cl)
     }
     if (cnt == 0)
         return false;
-    n = writev(up->lfd.fd, iov, cnt);
+    n = net_sendv(up->lfd.fd, iov, cnt);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
             up->wr_ready = false;
@@ -1132,7 +1132,7 @@ static bool read_upstream(struct client *cl)
         else
             return false;
     }
-    n = read(up->lfd.fd, buf_tail(cl->out), buf_room(cl->out));
+    n = net_recv(up->lfd.fd, buf_tail(cl->out), buf_room(cl->out));
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
             up->rd_ready = false;
@@ -1239,11 +1239,20 @@ static void finish_exchange(struct client *cl)
     if (ex->head_kept)
         buf_consume(cl->in, ex->head_kept);
     bool close = ex->close_after || cl->rd_eof || cl->w->draining;
+    bool req_done = ex->req.done;
     exchange_put(cl->w, ex);
     cl->ex = NULL;
     cl->in_ok = cl->out_ok = 0;
     if (close) {
-        start_linger(cl);
+        /* Lingering (shut our side, read until the client's EOF) protects
+         * the response from a reset when the client may still be sending:
+         * an unread body or bytes already buffered. Otherwise close now, as
+         * nginx's lingering_close heuristics do. */
+        bool may_send_more = !req_done || (cl->in && buf_len(cl->in) > 0);
+        if (may_send_more && !cl->rd_eof)
+            start_linger(cl);
+        else
+            client_close(cl, NULL);
         return;
     }
     cl->state = C_HEAD;

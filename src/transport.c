@@ -1,5 +1,7 @@
 /* transport.c — plain TCP and TLS behind one read/write interface. */
 #include "transport.h"
+#include "challenge.h"
+#include "net.h"
 #include "tls.h"
 #include <errno.h>
 #include <openssl/err.h>
@@ -58,6 +60,21 @@ static int ssl_result(struct transport *t, int r)
     return TRANSPORT_ERROR;
 }
 
+/* A handshake that selected "acme-tls/1" served a tls-alpn-01 challenge
+ * certificate (tls.c): RFC 8737 section 3 says nothing follows it, and it
+ * must never reach the proxy as HTTP, so it ends here as an "error". */
+static bool answered_acme_tls(struct transport *t)
+{
+    const unsigned char *p;
+    unsigned int n;
+
+    SSL_get0_alpn_selected(t->ssl, &p, &n);
+    if (n != sizeof CHALLENGE_ALPN - 1 || memcmp(p, CHALLENGE_ALPN, n) != 0)
+        return false;
+    t->err = "tls-alpn-01 challenge answered (closed after the handshake)";
+    return true;
+}
+
 int transport_handshake(struct transport *t)
 {
     int r;
@@ -66,7 +83,7 @@ int transport_handshake(struct transport *t)
         return 0;
     r = SSL_do_handshake(t->ssl);
     if (r == 1)
-        return 0;
+        return answered_acme_tls(t) ? TRANSPORT_ERROR : 0;
     r = ssl_result(t, r);
     return r == 0 ? TRANSPORT_ERROR : r;
 }
@@ -74,7 +91,7 @@ int transport_handshake(struct transport *t)
 ssize_t transport_read(struct transport *t, void *buf, size_t len)
 {
     if (!t->ssl) {
-        ssize_t n = read(t->fd, buf, len);
+        ssize_t n = net_recv(t->fd, buf, len);
         if (n >= 0)
             return n;
         if (errno == EAGAIN || errno == EINTR)
@@ -92,7 +109,7 @@ ssize_t transport_read(struct transport *t, void *buf, size_t len)
 ssize_t transport_writev(struct transport *t, const struct iovec *iov, int iovcnt)
 {
     if (!t->ssl) {
-        ssize_t n = writev(t->fd, iov, iovcnt);
+        ssize_t n = net_sendv(t->fd, iov, iovcnt);
         if (n >= 0)
             return n;
         if (errno == EAGAIN || errno == EINTR)
@@ -132,6 +149,10 @@ void transport_shutdown_write(struct transport *t)
 void transport_close(struct transport *t)
 {
     if (t->ssl) {
+        /* Best effort close_notify (non-blocking: never waits for the peer's). */
+        if (SSL_is_init_finished(t->ssl) && !(SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
+            SSL_shutdown(t->ssl);
+        ERR_clear_error();
         SSL_free(t->ssl);
         t->ssl = NULL;
     }
