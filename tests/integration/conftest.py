@@ -20,7 +20,8 @@ import helpers
 from helpers import free_tcp_port, free_udp_port, pid_owns_port, udp_command, parse_list
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "core_server"
+# CORE_SERVER_BIN runs the suite against another build (e.g. a sanitizer one).
+BIN = Path(os.environ.get("CORE_SERVER_BIN", REPO / "core_server"))
 MKCERT = shutil.which("mkcert") or "/usr/bin/mkcert"
 
 TEST_TIMEOUT = int(os.environ.get("CORE_TEST_TIMEOUT", "120"))

@@ -110,9 +110,10 @@ def test_http_port_in_use_is_clear_error(tmp_path):
 
 
 def test_privileged_port_permission_denied_names_setcap(tmp_path):
-    if not shutil.which("setpriv"):
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
         pytest.skip("setpriv (util-linux) not installed")
-    drop = ["setpriv", "--bounding-set", "-net_bind_service", "--inh-caps", "-net_bind_service"]
+    drop = [setpriv, "--bounding-set", "-net_bind_service", "--inh-caps", "-net_bind_service"]
     probe = subprocess.run(drop + ["/usr/bin/python3", "-c",
                                    "import socket;s=socket.socket();s.bind(('127.0.0.1',81))"],
                            capture_output=True, text=True)

@@ -78,7 +78,7 @@ def test_https_request_verified_against_mkcert_ca(https_server, backend):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("HTTP/1.1 200"), r.stdout[:200]
     import json
-    rec = json.loads(r.stdout.split("\r\n\r\n", 1)[1])
+    rec = json.loads(r.stdout.replace("\r\n", "\n").split("\n\n", 1)[1])
     assert rec["target"] == "/secure?x=1"
     hdrs = {n.lower(): v for n, v in rec["headers"]}
     assert hdrs["x-forwarded-proto"] == "https"

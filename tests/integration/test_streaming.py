@@ -116,7 +116,7 @@ def test_expect_100_continue(server, backend):
 def test_large_content_length_upload_is_exact(server, backend):
     server.add("app.test", backend.port)
     body = PATTERN_BLOCK * 8                       # 8 MiB
-    r = http_get(server.http_port, "app.test", "/bigup", method="PUT", body=body, timeout=60)
+    r = http_get(server.http_port, "app.test", "/upload-large", method="PUT", body=body, timeout=60)
     assert r.status == 200
     rec = r.json()
     assert rec["body_length"] == len(body)

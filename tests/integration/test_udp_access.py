@@ -4,6 +4,7 @@ IPv6. A network namespace plays the other machine: a veth pair with the
 host side 198.18.N.1 and the namespace side 198.18.N.2 (N = 0 unless a
 concurrent run holds it), plus an IPv6 ULA pair."""
 
+import ipaddress
 import os
 import subprocess
 import uuid
@@ -47,7 +48,9 @@ def netns():
     try:
         n = next(i for i in range(256) if not host_has_addr(f"198.18.{i}.1"))
         v4_host, v4_peer = f"198.18.{n}.1", f"198.18.{n}.2"
-        v6_host, v6_peer = f"fd00:198:18:{n:x}::1", f"fd00:198:18:{n:x}::2"
+        # compressed form, as the server prints it (fd00:198:18::2)
+        v6_host = ipaddress.ip_address(f"fd00:198:18:{n:x}::1").compressed
+        v6_peer = ipaddress.ip_address(f"fd00:198:18:{n:x}::2").compressed
         steps = [
             ("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if),
             ("ip", "link", "set", peer_if, "netns", ns),

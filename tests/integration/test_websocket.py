@@ -6,10 +6,11 @@ import asyncio
 import base64
 import os
 import socket
+import time
 
 import pytest
 
-from helpers import HTTPConn, WSEchoBackend
+from helpers import HTTPConn, WSEchoBackend, wait_for
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_websocket_handshake_bytes(server, ws_backend):
         assert r.header("Upgrade").lower() == "websocket"
         assert "upgrade" in r.header("Connection").lower()
         import hashlib
-        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC11B65")
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
                                                .encode()).digest()).decode()
         assert r.header("Sec-WebSocket-Accept") == accept
         # a masked text frame "ping!" -> unmasked echo
@@ -90,15 +91,37 @@ def test_websocket_to_unknown_host_is_404(server, ws_backend):
     assert r.status == 404 and r.body == b"Domain Not Recognized"
 
 
-def test_several_websockets_at_once(server, ws_backend):
+def test_several_websockets_at_once_close_promptly(server, ws_backend):
+    # Each session: 20 echoes, then the close handshake. The backend closes
+    # TCP after it; the proxy must pass that on at once, or the client waits
+    # for its own close timeout (3 s here).
     server.add("ws.test", ws_backend.port)
 
     async def one(i):
-        async with ws_connect(server.http_port, "ws.test") as ws:
+        sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+        import websockets
+        async with websockets.connect("ws://ws.test/echo", sock=sock, open_timeout=10,
+                                      close_timeout=3) as ws:
             for j in range(20):
                 await ws.send(f"{i}:{j}")
                 assert await ws.recv() == f"{i}:{j}"
+            t0 = time.monotonic()
+        return time.monotonic() - t0
 
     async def go():
-        await asyncio.gather(*(one(i) for i in range(10)))
+        return await asyncio.gather(*(one(i) for i in range(10)))
+    for _ in range(3):
+        took = run(go())
+        assert max(took) < 2.0, f"close handshake + TCP close took {[round(t, 2) for t in took]} s"
+
+
+def test_websocket_session_is_access_logged(server, ws_backend):
+    server.add("ws.test", ws_backend.port)
+
+    async def go():
+        async with ws_connect(server.http_port, "ws.test") as ws:
+            await ws.send("x")
+            await ws.recv()
     run(go())
+    wait_for(lambda: [l for l in server.log().splitlines() if "/echo" in l and "101" in l],
+             timeout=5, what="an access log line for the upgraded request (status 101)")
