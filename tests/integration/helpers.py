@@ -177,7 +177,7 @@ class HTTPConn:
             return False
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(1)
+            data = self.sock.recv(4096)
         except ConnectionResetError:
             return True
         except socket.timeout:

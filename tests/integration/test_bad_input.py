@@ -4,6 +4,7 @@ change nothing (table, file, proxying); malformed HTTP requests get 400 / 414
 backend never sees any of them."""
 
 import socket
+import time
 
 import pytest
 
@@ -251,3 +252,47 @@ def test_idle_garbage_connection_does_not_block_others(routed):
             assert http_get(server.http_port, "app.test", timeout=5).status == 200
     finally:
         stuck.close()
+
+
+# ---------------------------------------------------------------- slow and idle clients
+
+
+@pytest.fixture
+def quick_timeout_server(server_factory, backend):
+    s = server_factory(extra_args=["--client-timeout", "1"], drain=10)
+    s.add("app.test", backend.port)
+    return s
+
+
+def test_slow_request_head_gets_408_and_close(quick_timeout_server):
+    s = quick_timeout_server
+    with HTTPConn(s.http_port) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: app")
+        t0 = time.monotonic()
+        r = c.read_response()
+        assert r.status == 408, r
+        assert 0.8 <= time.monotonic() - t0 < 5
+        assert c.at_eof(3), f"connection not closed after 408; then got {c.buf[:120]!r}"
+
+
+def test_idle_keepalive_connection_closed_after_client_timeout(quick_timeout_server):
+    s = quick_timeout_server
+    with HTTPConn(s.http_port) as c:
+        assert c.request("GET", "/", "app.test").status == 200
+        t0 = time.monotonic()
+        assert c.at_eof(5), "idle keep-alive connection still open after --client-timeout"
+        assert time.monotonic() - t0 < 4
+
+
+def test_timed_out_client_does_not_delay_shutdown(quick_timeout_server):
+    s = quick_timeout_server
+    c = HTTPConn(s.http_port)
+    c.send(b"GET / HTTP/1.1\r\nHost: app")
+    assert c.read_response().status == 408
+    t0 = time.monotonic()
+    s.proc.terminate()
+    rc = s.wait_exit(15)
+    c.close()
+    assert rc == 0
+    assert time.monotonic() - t0 < 3, \
+        f"shutdown took {time.monotonic() - t0:.1f}s: a connection already answered 408 held the drain"

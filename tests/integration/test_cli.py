@@ -239,12 +239,26 @@ def test_local_flag_runs_local_mode(server_factory, backend):
 def test_max_connections_caps_and_recovers(server_factory, backend):
     s = server_factory(extra_args=["--max-connections", "8"])
     s.add("app.test", backend.port)
-    idle = [socket.create_connection(("127.0.0.1", s.http_port)) for _ in range(20)]
-    time.sleep(0.5)
-    for c in idle:
-        c.close()
-    time.sleep(0.5)
-    # after the flood, the server serves again
+    conns = [socket.create_connection(("127.0.0.1", s.http_port), timeout=10) for _ in range(20)]
+    statuses = []
+    try:
+        for c in conns:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            line = b""
+            while b"\r\n" not in line:
+                d = c.recv(4096)
+                if not d:
+                    break
+                line += d
+            statuses.append(line.split(b"\r\n")[0].decode())
+    finally:
+        for c in conns:
+            c.close()
+    assert statuses.count("HTTP/1.1 200 OK") == 8, statuses
+    assert statuses.count("HTTP/1.1 503 Service Unavailable") == 12, statuses
+    assert "connection cap" in s.log().lower() or "max-connections" in s.log()
+    time.sleep(0.3)
+    # once the connections are gone, the server serves again
     for _ in range(4):
         assert http_get(s.http_port, "app.test", timeout=10).status == 200
     assert s.alive()
