@@ -135,3 +135,22 @@ def test_route_change_is_saved_before_reply(server):
     server.add("saved.test", 1234)
     # "ok" is sent after the change is durable: the file already has it.
     assert server.routes_file.read_text() == "saved.test 1234\n"
+
+
+def test_remove_of_unknown_domain_is_error(server):
+    server.add("a.test", 1000)
+    r = server.cmd("remove nothere.test")
+    assert r.startswith("error: no route for nothere.test"), r
+    assert server.routes() == ["a.test 1000"]
+
+
+def test_status_reports_one_route(server):
+    server.add("a.test", 1000)
+    assert server.cmd("status A.Test") == "a.test 1000"
+    assert server.cmd("status b.test") == "error: no route for b.test"
+
+
+def test_identical_add_is_ok(server):
+    server.add("a.test", 1000)
+    assert server.cmd("add a.test 1000") == "ok"
+    assert server.routes() == ["a.test 1000"]
