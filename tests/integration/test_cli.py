@@ -1,7 +1,8 @@
 """The binary's command line: --help and --version, bad flags and busy or
-privileged ports (one clear stderr line, non-zero exit), --release not yet
-implemented, and the client subcommands (add/remove/list/shutdown) with
-their exit codes 0/1/2 and --udp-port before or after the arguments."""
+privileged ports (one clear stderr line, non-zero exit), the connection cap,
+and the client subcommands (add/remove/list/shutdown) with their exit codes
+0/1/2 and --udp-port before or after the arguments. (Release mode has its own
+tests: test_acme_client.py, test_logs_detach.py.)"""
 
 import os
 import shutil
@@ -127,14 +128,6 @@ def test_privileged_port_permission_denied_names_setcap(tmp_path):
     assert lines, r.stderr
     assert any("setcap CAP_NET_BIND_SERVICE=+eip" in l for l in lines), lines
     assert any("--http-port" in l for l in lines), lines
-
-
-def test_release_mode_refuses_with_not_implemented(tmp_path):
-    r = run(["--release", *server_args(tmp_path, free_tcp_port(), free_tcp_port(), free_udp_port())],
-            env=base_env(tmp_path))
-    assert r.returncode != 0
-    assert "not implemented" in r.stderr.lower(), r.stderr
-    no_sanitizer(r)
 
 
 # ---------------------------------------------------------------- subcommands

@@ -220,3 +220,32 @@ def test_without_mkcert_no_https_and_no_redirect(server, backend):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.https_port), timeout=2).close()
     assert "mkcert" in server.log().lower(), "the log says why HTTPS is off"
+
+
+def test_large_https_download_is_exact(https_server, tmp_path):
+    import zlib
+    from helpers import stream_crc
+    s = https_server
+    size = 64 << 20
+    out = tmp_path / "big.bin"
+    r = curl(s, "app.test", f"/big?size={size}", extra=("-o", str(out)))
+    assert r.returncode == 0, r.stderr
+    data = out.read_bytes()
+    assert len(data) == size
+    assert zlib.crc32(data) == stream_crc(size)
+
+
+def test_https_keepalive_and_post(https_server):
+    s = https_server
+    cafile = os.path.join(s.caroot, "rootCA.pem")
+    from helpers import HTTPConn
+    t = tls_connect(s.https_port, "app.test", cafile=cafile)
+    with HTTPConn(s.https_port, sock=t) as c:
+        ids = []
+        for i in range(3):
+            r = c.request("POST", f"/tls/{i}", "app.test", body=b"x" * (100000 * (i + 1)))
+            assert r.status == 200
+            rec = r.json()
+            assert rec["body_length"] == 100000 * (i + 1)
+            ids.append(rec["conn_id"])
+        assert len(set(ids)) == 1

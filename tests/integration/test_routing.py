@@ -252,3 +252,15 @@ def test_many_concurrent_clients(server, backend):
     with concurrent.futures.ThreadPoolExecutor(16) as ex:
         res = list(ex.map(one, range(64)))
     assert res == [(200, f"/c/{i}") for i in range(64)]
+
+
+def test_ipv6_client_address_in_forwarded_for(server, backend):
+    import socket
+    server.add("app.test", backend.port)
+    try:
+        sock = socket.create_connection(("::1", server.http_port), timeout=10)
+    except OSError as e:
+        raise AssertionError(f"the http port does not accept IPv6 clients on ::1: {e}")
+    with HTTPConn(server.http_port, sock=sock) as c:
+        rec = c.request("GET", "/v6", "app.test").json()
+    assert hdr(rec, "X-Forwarded-For") == ["::1"]
