@@ -598,8 +598,11 @@ static void on_client_timeout(struct loop *l, struct loop_timer *t)
     case C_HEAD:
         if (cl->in && buf_len(cl->in) > 0) {
             /* A partial head after the whole header timeout: slow client. */
+            cl->state = C_EXCHANGE;
             cl->ex = exchange_get(cl->w);
-            cl->ex->req.done = true;
+            cl->ex->req.done = false;   /* the head never ended: close after */
+            cl->ex->minor = 1;
+            buf_consume(cl->in, buf_len(cl->in));
             send_generated(cl, 408, "Request Timeout", true, NULL);
             client_pump(cl);
         } else {
