@@ -1,13 +1,17 @@
 /* certs.c — the certificate store (domain -> SSL_CTX, an immutable snapshot
  * read lock-free) and the one background thread that fills it: from
- * CERTS_DIR, or by running mkcert, and tells the worker loops when done. */
+ * CERTS_DIR, by running mkcert, or from an ACME CA (with renewal and
+ * per-domain backoff), and tells the worker loops when done. */
 #include "certs.h"
+#include "acme.h"
 #include "domain.h"
+#include "jws.h"
 #include "log.h"
 #include "loop.h"
 #include "mem.h"
 #include "mkcert.h"
 #include "qsbr.h"
+#include "routes.h"
 #include "tls.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #define CERTS_FAIL_HOLD_MS 30000   /* after a failure, handshakes fail fast this long */
@@ -61,6 +66,7 @@ struct cert_table {
  * linear duplicate check is fine. */
 struct pending {
     struct pending *next;
+    bool renew;              /* replace a valid certificate (release mode) */
     size_t len;
     char name[DOMAIN_MAX + 1];
 };
@@ -88,6 +94,10 @@ static char *dir;
 static char *mkcert_bin;
 static pthread_t thread;
 static bool thread_started;
+static struct acme_client *acme;       /* release mode; used by the certificate thread only */
+static long backoff_first_s;           /* release mode: first retry delay */
+static int qsbr_id = -1;               /* the certificate thread reads routes (host policy) */
+static atomic_bool stopping;           /* certs_shutdown: an order failing now was cancelled */
 
 /* snprintf into a caller's error buffer; a long message is cut, never overrun. */
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -145,6 +155,34 @@ static enum lookup lookup(const struct cert_table *t, const char *name, size_t l
     return LOOKUP_MISS;   /* expired, or the failure hold is over: try again */
 }
 
+/* Queues name unless it is queued already (one job per name, however many
+ * handshakes, adds and renewals ask). Under q.mu. */
+static void queue_locked(const char *name, size_t len, bool renew)
+{
+    struct pending *p;
+
+    for (p = q.head; p; p = p->next)
+        if (p->len == len && memcmp(p->name, name, len) == 0)
+            return;
+    if (len == 0 || len > DOMAIN_MAX)
+        return;
+    p = xcalloc(1, sizeof *p);
+    memcpy(p->name, name, len);
+    p->len = len;
+    p->renew = renew;
+    *q.tail = p;
+    q.tail = &p->next;
+    pthread_cond_signal(&q.cv);
+}
+
+static bool queued_locked(const char *name, size_t len)
+{
+    for (struct pending *p = q.head; p; p = p->next)
+        if (p->len == len && memcmp(p->name, name, len) == 0)
+            return true;
+    return false;
+}
+
 enum certs_result certs_get(const char *domain, size_t len, SSL_CTX **ctx)
 {
     struct cert_table *t = atomic_load_explicit(&store, memory_order_acquire);
@@ -172,18 +210,7 @@ enum certs_result certs_get(const char *domain, size_t len, SSL_CTX **ctx)
     } else if (again == LOOKUP_FAILED || q.stop) {
         r = CERTS_FAILED;
     } else {
-        struct pending *p;
-        for (p = q.head; p; p = p->next)
-            if (p->len == len && memcmp(p->name, domain, len) == 0)
-                break;
-        if (!p && len <= DOMAIN_MAX) {
-            p = xcalloc(1, sizeof *p);
-            memcpy(p->name, domain, len);
-            p->len = len;
-            *q.tail = p;
-            q.tail = &p->next;
-            pthread_cond_signal(&q.cv);
-        }
+        queue_locked(domain, len, false);
     }
     pthread_mutex_unlock(&q.mu);
     return r;
@@ -368,24 +395,9 @@ out:
     return ret;
 }
 
-/* Makes a new certificate for name into the two files, by the source
- * chosen at startup. Blocking; returns 0, or -1 with the cause in err. */
-static int make_new(const char *name, const char *cert_path, const char *key_path,
-                    char *err, size_t errlen)
-{
-    switch (source) {
-    case CERTS_MKCERT:
-        return make_pair(name, cert_path, key_path, err, errlen);
-    case CERTS_ACME:   /* the RFC 8555 client plugs in here (issue 3) */
-    default:
-        set_err(err, errlen, "release mode (ACME) is not implemented yet");
-        return -1;
-    }
-}
-
-/* Gets name's certificate from disk, or makes one, and publishes the
- * outcome. */
-static void obtain(const char *name, size_t len)
+/* Local mode: gets name's certificate from disk, or makes one with mkcert,
+ * and publishes the outcome. */
+static void obtain_local(const char *name, size_t len)
 {
     char cert_path[PATH_MAX], key_path[PATH_MAX], err[1024] = "";
     SSL_CTX *ctx = NULL, *unused;
@@ -406,7 +418,7 @@ static void obtain(const char *name, size_t len)
             log_info("certs %s: not using the files on disk (%s); making new ones", name, err);
         }
     }
-    if (!ctx && make_new(name, cert_path, key_path, err, sizeof err) == 0) {
+    if (!ctx && make_pair(name, cert_path, key_path, err, sizeof err) == 0) {
         ctx = load_pair(name, cert_path, key_path, &not_after, err, sizeof err);
         if (ctx)
             log_info("certs %s: made %s with mkcert in %llu ms", name, cert_path,
@@ -421,6 +433,490 @@ static void obtain(const char *name, size_t len)
     }
 }
 
+/* ---- release mode: per-domain records ---- */
+
+#define FAILURES_FILE "core_server-acme-failures.txt"
+#define PEM_FILE_MAX  (1 << 20)   /* a DOMAIN file is a few KiB; refuse anything absurd */
+
+/* What the status command shows and what renewal and backoff are driven by.
+ * Written by the certificate thread, read by certs_status, under recs.mu. */
+struct record {
+    char name[DOMAIN_MAX + 1];
+    time_t not_before, not_after;  /* wall clock: the certificate held; 0: none */
+    time_t renew_at;               /* wall clock: its renewal is due; 0: none */
+    int failures;                  /* consecutive failed orders */
+    time_t last_fail;              /* wall clock of the last failure; 0: none */
+    time_t next_attempt;           /* wall clock: no order before then; 0: any time */
+    bool working;                  /* an order is under way */
+    bool dormant;                  /* due, but the route is gone: wait for a request */
+    char last_err[512];
+};
+
+static struct {
+    pthread_mutex_t mu;            /* guards the records; taken after q.mu, never before */
+    struct record **v;             /* never freed before certs_shutdown */
+    size_t n;
+} recs = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* Under recs.mu. */
+static struct record *record_find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < recs.n; i++)
+        if (strlen(recs.v[i]->name) == len && memcmp(recs.v[i]->name, name, len) == 0)
+            return recs.v[i];
+    return NULL;
+}
+
+/* Under recs.mu: the record, created empty if missing. */
+static struct record *record_get(const char *name, size_t len)
+{
+    struct record *r = record_find(name, len);
+    if (r)
+        return r;
+    r = xcalloc(1, sizeof *r);
+    memcpy(r->name, name, len);
+    recs.v = xrealloc(recs.v, (recs.n + 1) * sizeof recs.v[0]);
+    recs.v[recs.n++] = r;
+    return r;
+}
+
+/* "2025-01-31T12:00:00Z" */
+static const char *fmt_time(time_t t, char *buf, size_t cap)
+{
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, cap, "@%lld", (long long)t);
+    return buf;
+}
+
+/* When a certificate valid from nb to na is due for renewal: fewer than 30
+ * days or a third of its lifetime left, whichever is less (Let's Encrypt's
+ * 90-day certificates: at 60 days; short-lived ones: at two thirds). */
+static time_t renew_time(time_t nb, time_t na)
+{
+    time_t life = na > nb ? na - nb : 0;
+    time_t before = life / 3 < CERTS_RENEW_MAX_S ? life / 3 : CERTS_RENEW_MAX_S;
+    return na - before;
+}
+
+/* Records the certificate now held. A renewal is never scheduled sooner
+ * than a minute (or a third of a short lifetime) from now, so a CA handing
+ * out certificates that are due already cannot make us loop. */
+static void record_cert(const char *name, size_t len, time_t nb, time_t na)
+{
+    time_t now = time(NULL), life = na > nb ? na - nb : 0;
+    time_t floor = now + (life / 3 < 60 ? life / 3 : 60);
+
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_get(name, len);
+    r->not_before = nb;
+    r->not_after = na;
+    r->renew_at = renew_time(nb, na) > floor ? renew_time(nb, na) : floor;
+    pthread_mutex_unlock(&recs.mu);
+}
+
+/* The failure record as a text file, one line per failing domain:
+ *   DOMAIN FAILURES LAST_FAIL NEXT_ATTEMPT LAST_ERROR
+ * (times as Unix seconds; the error runs to the end of the line). Written
+ * atomically after every change, so a crash loop keeps its backoff. */
+static void failures_save(void)
+{
+    char path[PATH_MAX], err[512];
+    size_t cap = 256, used = 0;
+    char *buf = xmalloc(cap);
+
+    used = (size_t)snprintf(buf, cap, "# core_server ACME failures: DOMAIN FAILURES LAST_FAIL "
+                            "NEXT_ATTEMPT LAST_ERROR (Unix seconds)\n");
+    pthread_mutex_lock(&recs.mu);
+    for (size_t i = 0; i < recs.n; i++) {
+        const struct record *r = recs.v[i];
+        if (r->failures == 0)
+            continue;
+        size_t need = strlen(r->name) + strlen(r->last_err) + 80;
+        if (used + need > cap) {
+            cap = (used + need) * 2;
+            buf = xrealloc(buf, cap);
+        }
+        used += (size_t)snprintf(buf + used, cap - used, "%s %d %lld %lld %s\n", r->name,
+                                 r->failures, (long long)r->last_fail,
+                                 (long long)r->next_attempt, r->last_err);
+    }
+    pthread_mutex_unlock(&recs.mu);
+    snprintf(path, sizeof path, "%s/%s", dir, FAILURES_FILE);
+    if (jws_write_file_atomic(path, buf, used, err, sizeof err) < 0)
+        log_warn("certs: saving the ACME failure record: %s (backoff will not survive a restart)",
+                 err);
+    free(buf);
+}
+
+static void failures_load(void)
+{
+    char path[PATH_MAX], line[1024], name[DOMAIN_MAX + 2];
+    size_t n = 0;
+
+    snprintf(path, sizeof path, "%s/%s", dir, FAILURES_FILE);
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno != ENOENT)
+            log_warn("certs: reading %s: %s (starting without a failure record)", path,
+                     strerror(errno));
+        return;
+    }
+    while (fgets(line, sizeof line, f)) {
+        int failures, off = 0;
+        long long last, next;
+        line[strcspn(line, "\n")] = '\0';
+        if (line[0] == '#' || !line[0])
+            continue;
+        if (sscanf(line, "%254s %d %lld %lld %n", name, &failures, &last, &next, &off) < 4 ||
+            strlen(name) > DOMAIN_MAX || failures <= 0) {
+            log_warn("certs: %s: skipping a bad line: %s", path, line);
+            continue;
+        }
+        pthread_mutex_lock(&recs.mu);
+        struct record *r = record_get(name, strlen(name));
+        r->failures = failures;
+        r->last_fail = (time_t)last;
+        r->next_attempt = (time_t)next;
+        snprintf(r->last_err, sizeof r->last_err, "%s", line + off);
+        pthread_mutex_unlock(&recs.mu);
+        n++;
+    }
+    fclose(f);
+    if (n)
+        log_info("certs: %zu domain(s) with failed ACME orders in %s; their backoff goes on", n,
+                 path);
+}
+
+/* Records a failed order and returns the seconds until the next attempt:
+ * CERTS_BACKOFF_FIRST_S (or the test value), times 4 per failure, at most an
+ * hour, and never sooner than the CA's Retry-After. */
+static long record_failure(const char *name, size_t len, const char *err, long retry_after)
+{
+    time_t now = time(NULL);
+    long delay = backoff_first_s;
+
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_get(name, len);
+    r->failures++;
+    for (int i = 1; i < r->failures && delay < CERTS_BACKOFF_MAX_S; i++)
+        delay *= CERTS_BACKOFF_FACTOR;
+    if (delay > CERTS_BACKOFF_MAX_S)
+        delay = CERTS_BACKOFF_MAX_S;
+    if (retry_after > delay)
+        delay = retry_after;
+    r->last_fail = now;
+    r->next_attempt = now + delay;
+    snprintf(r->last_err, sizeof r->last_err, "%s", err);
+    for (char *p = r->last_err; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';   /* one line in the record file and in the status reply */
+    pthread_mutex_unlock(&recs.mu);
+    return delay;
+}
+
+/* ---- release mode: obtaining (certificate thread only) ---- */
+
+/* Host policy, checked again on this thread before anything reaches the
+ * CA: the name must still have a route. The certificate thread is a QSBR
+ * reader only for the instant of this lookup. */
+static bool has_route(const char *name, size_t len)
+{
+    qsbr_online(qsbr_id);
+    bool routed = routes_lookup(routes_current(), name, len) != 0;
+    qsbr_offline(qsbr_id);
+    return routed;
+}
+
+/* Reads a small file whole. NULL with err; err stays "" when it does not exist. */
+static char *read_pem_file(const char *path, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    char *buf = NULL;
+
+    if (fd < 0) {
+        if (errno != ENOENT)
+            set_err(err, errlen, "opening %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > PEM_FILE_MAX) {
+        set_err(err, errlen, "%s: not a regular file of at most %d bytes", path, PEM_FILE_MAX);
+        goto out;
+    }
+    buf = xmalloc((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+        if (n <= 0) {
+            set_err(err, errlen, "reading %s: %s", path, n < 0 ? strerror(errno) : "short read");
+            mem_wipe(buf, (size_t)st.st_size);
+            free(buf);
+            buf = NULL;
+            goto out;
+        }
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    *len = got;
+out:
+    close(fd);
+    return buf;
+}
+
+/* A context serving the private key and chain in pem (autocert's DOMAIN
+ * file: the key, then the chain, leaf first), after checking that the key
+ * matches the leaf, the leaf is valid now and names name. Returns NULL with
+ * the cause (naming what) in err. */
+static SSL_CTX *ctx_from_pem(const char *name, const char *what, const char *pem, size_t len,
+                             time_t *not_before, time_t *not_after, char *err, size_t errlen)
+{
+    /* Two readers over the same bytes: PEM_read_bio_* skip blocks of other
+     * types, so the key and the certificates may come in any order. */
+    BIO *kb = BIO_new_mem_buf(pem, (int)len), *cb = BIO_new_mem_buf(pem, (int)len);
+    EVP_PKEY *key = NULL;
+    X509 *leaf = NULL, *x;
+    SSL_CTX *ctx = NULL;
+    char buf[PATH_MAX + 64];
+
+    if (!kb || !cb) {
+        openssl_cause(err, errlen, "BIO_new_mem_buf");
+        goto fail;
+    }
+    if (!(key = PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL))) {
+        snprintf(buf, sizeof buf, "%s: no PEM private key", what);
+        openssl_cause(err, errlen, buf);
+        goto fail;
+    }
+    if (!(leaf = PEM_read_bio_X509(cb, NULL, NULL, NULL))) {
+        snprintf(buf, sizeof buf, "%s: no PEM certificate", what);
+        openssl_cause(err, errlen, buf);
+        goto fail;
+    }
+    if (!(ctx = tls_ctx_new(err, errlen)))
+        goto fail;
+    if (SSL_CTX_use_certificate(ctx, leaf) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(buf, sizeof buf, "%s: the key does not match the certificate", what);
+        openssl_cause(err, errlen, buf);
+        goto fail;
+    }
+    while ((x = PEM_read_bio_X509(cb, NULL, NULL, NULL))) {
+        if (SSL_CTX_add0_chain_cert(ctx, x) != 1) {   /* takes x on success */
+            X509_free(x);
+            openssl_cause(err, errlen, "adding an intermediate certificate");
+            goto fail;
+        }
+    }
+    ERR_clear_error();   /* the end of the PEM data is reported as an error */
+    if (X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0) {
+        set_err(err, errlen, "%s is not valid yet", what);
+        goto fail;
+    }
+    if (X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0) {
+        set_err(err, errlen, "%s has expired", what);
+        goto fail;
+    }
+    if (X509_check_host(leaf, name, strlen(name), 0, NULL) != 1) {
+        set_err(err, errlen, "%s is not for %s", what, name);
+        goto fail;
+    }
+    *not_before = asn1_to_time(X509_get0_notBefore(leaf));
+    *not_after = asn1_to_time(X509_get0_notAfter(leaf));
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    BIO_free(kb);
+    BIO_free(cb);
+    return ctx;
+fail:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    BIO_free(kb);
+    BIO_free(cb);
+    return NULL;
+}
+
+/* Runs one ACME order for name and publishes the outcome: on success the
+ * new certificate (saved as CERTS_DIR/DOMAIN, key then chain, 0600), on
+ * failure the backoff (the certificate held, if any, keeps serving). */
+static void issue(const char *name, size_t len, const char *path)
+{
+    char *key_pem = NULL, *chain_pem = NULL, *pem = NULL, err[1024] = "", t1[32], t2[32];
+    SSL_CTX *ctx = NULL;
+    time_t nb = 0, na = 0;
+    size_t pem_len = 0;
+    bool had_failures;
+    uint64_t t0 = mono_ms();
+
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_get(name, len);
+    r->working = true;
+    had_failures = r->failures > 0;
+    pthread_mutex_unlock(&recs.mu);
+
+    log_info("certs %s: ordering a certificate from the CA", name);
+    if (acme_obtain(acme, name, &key_pem, &chain_pem, err, sizeof err) == 0) {
+        size_t kl = strlen(key_pem), cl = strlen(chain_pem);
+        pem_len = kl + cl;
+        pem = xmalloc(pem_len + 1);
+        memcpy(pem, key_pem, kl);
+        memcpy(pem + kl, chain_pem, cl + 1);
+        ctx = ctx_from_pem(name, "the CA's certificate", pem, pem_len, &nb, &na, err, sizeof err);
+        if (ctx && jws_write_file_atomic(path, pem, pem_len, err, sizeof err) < 0)
+            log_warn("certs %s: serving the new certificate, but saving it failed: %s "
+                     "(it will be ordered again after a restart)", name, err);
+    }
+    if (ctx) {
+        store_publish(name, len, ctx, na, 0);
+        record_cert(name, len, nb, na);
+        pthread_mutex_lock(&recs.mu);
+        r->failures = 0;
+        r->last_fail = r->next_attempt = 0;
+        r->last_err[0] = '\0';
+        r->working = false;
+        time_t renew_at = r->renew_at;
+        pthread_mutex_unlock(&recs.mu);
+        if (had_failures)
+            failures_save();
+        log_info("certs %s: certificate obtained in %llu ms, valid until %s, renewal from %s; "
+                 "saved to %s", name, (unsigned long long)(mono_ms() - t0),
+                 fmt_time(na, t1, sizeof t1), fmt_time(renew_at, t2, sizeof t2), path);
+    } else if (atomic_load(&stopping)) {
+        /* Cancelled by certs_shutdown: not the CA's failure, no backoff. */
+        log_info("certs %s: order abandoned at shutdown (%s)", name, err);
+        pthread_mutex_lock(&recs.mu);
+        r->working = false;
+        pthread_mutex_unlock(&recs.mu);
+    } else {
+        long delay = record_failure(name, len, err, acme_retry_after(acme));
+        pthread_mutex_lock(&recs.mu);
+        int failures = r->failures;
+        r->working = false;
+        pthread_mutex_unlock(&recs.mu);
+        failures_save();
+        log_warn("certs %s: ACME order failed (attempt %d): %s; next attempt at %s (in %ld s)%s",
+                 name, failures, err, fmt_time(time(NULL) + delay, t1, sizeof t1), delay,
+                 had_failures || failures > 1 ? "" : "; handshakes for it fail until then");
+        store_publish(name, len, NULL, 0, mono_ms() + (uint64_t)delay * 1000u);
+    }
+    if (key_pem)
+        mem_wipe(key_pem, strlen(key_pem));
+    if (pem)
+        mem_wipe(pem, pem_len);
+    free(key_pem);
+    free(chain_pem);
+    free(pem);
+}
+
+/* Release mode: name's certificate from CERTS_DIR/DOMAIN when it is there,
+ * valid and not due for renewal; else (or for a renewal) from the CA, unless
+ * name is backing off. */
+static void obtain_acme(const char *name, size_t len, bool renew)
+{
+    char path[PATH_MAX], err[1024] = "", t1[32];
+    SSL_CTX *ctx = NULL, *unused;
+    time_t nb = 0, na = 0, now = time(NULL);
+
+    if (!renew && lookup(atomic_load_explicit(&store, memory_order_relaxed), name, len, &unused) ==
+                      LOOKUP_READY)
+        return;   /* queued again in a race with a publish */
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_get(name, len);
+    bool no_route = !has_route(name, len);
+    r->dormant = no_route;   /* a request (handshake, add) wakes it */
+    time_t next = r->next_attempt;
+    int failures = r->failures;
+    char last_err[sizeof r->last_err];
+    memcpy(last_err, r->last_err, sizeof last_err);
+    pthread_mutex_unlock(&recs.mu);
+    if (no_route) {
+        log_info("certs %s: no route: not obtaining a certificate", name);
+        return;
+    }
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (!renew) {
+        size_t plen = 0;
+        char *pem = read_pem_file(path, &plen, err, sizeof err);
+        if (pem) {
+            ctx = ctx_from_pem(name, path, pem, plen, &nb, &na, err, sizeof err);
+            mem_wipe(pem, plen);
+            free(pem);
+        }
+        if (ctx) {
+            store_publish(name, len, ctx, na, 0);
+            record_cert(name, len, nb, na);
+            log_info("certs %s: loaded %s, valid until %s", name, path, fmt_time(na, t1, sizeof t1));
+            if (now < renew_time(nb, na))
+                return;
+            log_info("certs %s: it is due for renewal: renewing while it serves", name);
+        } else if (err[0]) {
+            log_warn("certs %s: not using %s: %s", name, path, err);
+        }
+    }
+    if (next > now) {
+        if (!ctx && !renew) {
+            log_warn("certs %s: no certificate, and not asking the CA again before %s "
+                     "(%d failed order(s), the last: %s)", name, fmt_time(next, t1, sizeof t1),
+                     failures, last_err);
+            store_publish(name, len, NULL, 0, mono_ms() + (uint64_t)(next - now) * 1000u);
+        }
+        return;
+    }
+    issue(name, len, path);
+}
+
+/* ---- the certificate thread ---- */
+
+/* When a record next needs the thread (wall clock), or 0: a held
+ * certificate's renewal, or the retry of a failing one. Under recs.mu. */
+static time_t record_due(const struct record *r)
+{
+    if (r->dormant || r->working)
+        return 0;
+    if (r->not_after)
+        return r->renew_at > r->next_attempt ? r->renew_at : r->next_attempt;
+    if (r->failures)
+        return r->next_attempt ? r->next_attempt : 1;
+    return 0;
+}
+
+static time_t next_due(void)
+{
+    time_t due = 0;
+    pthread_mutex_lock(&recs.mu);
+    for (size_t i = 0; i < recs.n; i++) {
+        time_t t = record_due(recs.v[i]);
+        if (t && (!due || t < due))
+            due = t;
+    }
+    pthread_mutex_unlock(&recs.mu);
+    return due;
+}
+
+/* Queues every record that is due (renewals, retries after backoff);
+ * one whose route is gone goes dormant instead. Under q.mu. */
+static void queue_due_locked(void)
+{
+    time_t now = time(NULL);
+    pthread_mutex_lock(&recs.mu);
+    for (size_t i = 0; i < recs.n; i++) {
+        struct record *r = recs.v[i];
+        time_t t = record_due(r);
+        if (!t || t > now)
+            continue;
+        size_t len = strlen(r->name);
+        if (!has_route(r->name, len)) {
+            r->dormant = true;
+            continue;
+        }
+        queue_locked(r->name, len, r->not_after > now);
+    }
+    pthread_mutex_unlock(&recs.mu);
+}
+
 static void notify_subscribers(void)
 {
     pthread_mutex_lock(&q.mu);
@@ -429,21 +925,46 @@ static void notify_subscribers(void)
     pthread_mutex_unlock(&q.mu);
 }
 
+/* Waits for a queued name, or (release mode) until a renewal or retry is
+ * due. Under q.mu. */
+static void wait_for_work_locked(void)
+{
+    while (!q.head && !q.stop) {
+        time_t due = source == CERTS_ACME ? next_due() : 0;
+        if (!due) {
+            pthread_cond_wait(&q.cv, &q.mu);
+        } else if (due <= time(NULL)) {
+            queue_due_locked();
+            if (!q.head)
+                continue;   /* all went dormant: next_due no longer counts them */
+        } else {
+            struct timespec ts = { .tv_sec = due, .tv_nsec = 0 };
+            pthread_cond_timedwait(&q.cv, &q.mu, &ts);   /* CLOCK_REALTIME, as due is */
+        }
+    }
+}
+
 static void *cert_thread_main(void *arg)
 {
+    if (qsbr_id >= 0)
+        qsbr_offline(qsbr_id);   /* online only inside has_route() */
     pthread_mutex_lock(&q.mu);
     for (;;) {
-        while (!q.head && !q.stop)
-            pthread_cond_wait(&q.cv, &q.mu);
+        wait_for_work_locked();
         if (q.stop)
             break;
         char name[DOMAIN_MAX + 1];
         size_t len = q.head->len;
+        bool renew = q.head->renew;
         memcpy(name, q.head->name, len);
         name[len] = '\0';
         pthread_mutex_unlock(&q.mu);
 
-        obtain(name, len);   /* slow: disk, mkcert; no lock held */
+        /* slow: disk, mkcert, the CA; no lock held */
+        if (source == CERTS_ACME)
+            obtain_acme(name, len, renew);
+        else
+            obtain_local(name, len);
 
         pthread_mutex_lock(&q.mu);
         struct pending *done = q.head;
@@ -496,48 +1017,148 @@ static int make_dir(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_path,
-               char *err, size_t errlen)
+/* Checks and creates certs_dir. 0, or -1 with err. */
+static int check_dir(const char *certs_dir, char *err, size_t errlen)
 {
     if (thread_started) {
         set_err(err, errlen, "certs: already initialised");
         return -1;
     }
-    if (src == CERTS_ACME) {
-        set_err(err, errlen, "release mode (ACME) is not implemented yet (use --local)");
-        return -1;
-    }
-    if (!mkcert_path || !*mkcert_path) {
-        set_err(err, errlen, "certs: no mkcert path given (install mkcert: apt-get install mkcert)");
-        return -1;
-    }
-    /* Then "DIR/DOMAIN-cert.pem.tmp" always fits in PATH_MAX. */
-    if (strlen(certs_dir) + DOMAIN_MAX + sizeof "/-cert.pem.tmp" > PATH_MAX) {
+    /* Then "DIR/DOMAIN-cert.pem.tmp" (and autocert's "DIR/DOMAIN" with
+     * jws_write_file_atomic's temporary suffix) always fit in PATH_MAX. */
+    if (strlen(certs_dir) + DOMAIN_MAX + 64 > PATH_MAX) {
         set_err(err, errlen, "certs dir %s: path too long", certs_dir);
         return -1;
     }
-    if (make_dir(certs_dir, err, errlen) < 0)
-        return -1;
+    return make_dir(certs_dir, err, errlen);
+}
 
-    source = src;
-    dir = xstrdup(certs_dir);
-    mkcert_bin = xstrdup(mkcert_path);
+static int start_thread(char *err, size_t errlen)
+{
     q.head = NULL;
     q.tail = &q.head;
     q.stop = false;
+    atomic_store(&stopping, false);
     atomic_store_explicit(&store, table_new(CERTS_TABLE_MIN), memory_order_release);
 
     int e = pthread_create(&thread, NULL, cert_thread_main, NULL);
     if (e != 0) {
         set_err(err, errlen, "certs: starting the certificate thread: %s", strerror(e));
         free(atomic_exchange(&store, NULL));
+        return -1;
+    }
+    thread_started = true;
+    return 0;
+}
+
+int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_path,
+               char *err, size_t errlen)
+{
+    if (src == CERTS_ACME) {
+        set_err(err, errlen, "certs: release mode starts with certs_init_acme");
+        return -1;
+    }
+    if (!mkcert_path || !*mkcert_path) {
+        set_err(err, errlen, "certs: no mkcert path given (install mkcert: apt-get install mkcert)");
+        return -1;
+    }
+    if (check_dir(certs_dir, err, errlen) < 0)
+        return -1;
+    source = src;
+    dir = xstrdup(certs_dir);
+    mkcert_bin = xstrdup(mkcert_path);
+    if (start_thread(err, errlen) < 0) {
         free(dir);
         free(mkcert_bin);
         dir = mkcert_bin = NULL;
         return -1;
     }
-    thread_started = true;
     return 0;
+}
+
+int certs_init_acme(const char *certs_dir, const struct acme_options *opts,
+                    long backoff_first, char *err, size_t errlen)
+{
+    struct acme_options o = *opts;
+
+    if (check_dir(certs_dir, err, errlen) < 0)
+        return -1;
+    o.certs_dir = certs_dir;
+    if (!(acme = acme_client_new(&o, err, errlen)))
+        return -1;
+    source = CERTS_ACME;
+    dir = xstrdup(certs_dir);
+    backoff_first_s = backoff_first > 0 ? backoff_first : CERTS_BACKOFF_FIRST_S;
+    if (qsbr_id < 0)
+        qsbr_id = qsbr_register();   /* the thread goes offline as it starts */
+    failures_load();
+    if (start_thread(err, errlen) < 0) {
+        acme_client_free(acme);
+        acme = NULL;
+        free(dir);
+        dir = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void certs_request(const char *domain, size_t len)
+{
+    if (!thread_started || source != CERTS_ACME)
+        return;
+    pthread_mutex_lock(&q.mu);
+    if (!q.stop)
+        queue_locked(domain, len, false);
+    pthread_mutex_unlock(&q.mu);
+}
+
+size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
+{
+    struct record r = { .name = "" };
+    char t1[32], t2[32];
+    time_t now = time(NULL);
+    size_t n = 0;
+
+    if (cap)
+        buf[0] = '\0';
+    if (!thread_started || source != CERTS_ACME || cap == 0)
+        return 0;
+    pthread_mutex_lock(&q.mu);
+    bool queued = queued_locked(domain, len);
+    pthread_mutex_unlock(&q.mu);
+    pthread_mutex_lock(&recs.mu);
+    const struct record *found = record_find(domain, len);
+    if (found)
+        r = *found;
+    pthread_mutex_unlock(&recs.mu);
+
+#define ADD(...) do { \
+        int w_ = snprintf(buf + n, cap - n, __VA_ARGS__); \
+        n = w_ < 0 ? n : (size_t)w_ >= cap - n ? cap - 1 : n + (size_t)w_; \
+    } while (0)
+    if (!r.not_after)
+        ADD("certificate: none\n");
+    else if (r.not_after <= now)
+        ADD("certificate: expired at %s\n", fmt_time(r.not_after, t1, sizeof t1));
+    else
+        ADD("certificate: valid until %s\n", fmt_time(r.not_after, t1, sizeof t1));
+    if (r.renew_at)
+        ADD("renewal: %s\n", fmt_time(r.renew_at, t1, sizeof t1));
+    else
+        ADD("renewal: -\n");
+    ADD("state: %s\n", r.working ? "obtaining" : queued ? "queued" :
+                       r.next_attempt > now ? "backoff" : "idle");
+    if (r.failures)
+        ADD("last error: %s %s\n", fmt_time(r.last_fail, t1, sizeof t1), r.last_err);
+    else
+        ADD("last error: none\n");
+    if (r.failures)
+        ADD("next attempt: %s (after %d failed order(s))\n",
+            fmt_time(r.next_attempt > now ? r.next_attempt : now, t2, sizeof t2), r.failures);
+    else
+        ADD("next attempt: -\n");
+#undef ADD
+    return n;
 }
 
 void certs_subscribe(struct loop *l, void (*fn)(void *arg), void *arg)
@@ -560,8 +1181,20 @@ void certs_shutdown(void)
     q.stop = true;
     pthread_cond_signal(&q.cv);
     pthread_mutex_unlock(&q.mu);
+    atomic_store(&stopping, true);
+    if (acme)
+        acme_client_cancel(acme);   /* an order in flight ends within about a second */
     pthread_join(thread, NULL);
     thread_started = false;
+    acme_client_free(acme);
+    acme = NULL;
+    pthread_mutex_lock(&recs.mu);
+    for (size_t i = 0; i < recs.n; i++)
+        free(recs.v[i]);
+    free(recs.v);
+    recs.v = NULL;
+    recs.n = 0;
+    pthread_mutex_unlock(&recs.mu);
 
     pthread_mutex_lock(&q.mu);
     while (q.head) {

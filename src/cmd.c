@@ -11,6 +11,7 @@
  * answered with the save error and the clone is discarded: memory and file
  * never disagree. */
 #include "cmd.h"
+#include "certs.h"
 #include "log.h"
 #include "loop.h"
 #include "mem.h"
@@ -393,12 +394,17 @@ static void reply_status(struct cmd_server *s, const struct item *it)
 {
     const struct cmd_command *c = &it->it_cmd;
     uint16_t port = routes_lookup(routes_current(), c->domain, c->domain_len);
-    char text[REPLY_TEXT_MAX];
+    char text[REPLY_TEXT_MAX + 2048];
 
-    if (port)
-        snprintf(text, sizeof text, "%s %u", c->domain, port);
-    else
+    /* Release mode adds the certificate's state as "key: value" lines
+     * (certs_status); local mode answers the route alone. */
+    if (port) {
+        int n = snprintf(text, sizeof text, "%s %u\n", c->domain, port);
+        size_t extra = certs_status(c->domain, c->domain_len, text + n, sizeof text - (size_t)n);
+        text[n + (int)extra - 1] = '\0';   /* no trailing newline: "\n" or the last line's */
+    } else {
         snprintf(text, sizeof text, "error: no route for %s", c->domain);
+    }
     send_text(s, it, text);
 }
 

@@ -9,8 +9,11 @@
  *                        line "ok"; split over several datagrams at line
  *                        boundaries when longer than CMD_REPLY_MAX
  *   shutdown          -> "ok", then the server shuts down gracefully
- *   status DOMAIN     -> "DOMAIN PORT" | "error: no route for DOMAIN"
- *                        (release mode will extend it with certificate state)
+ *   status DOMAIN     -> "DOMAIN PORT" | "error: no route for DOMAIN"; in
+ *                        release mode "DOMAIN PORT" is followed by the
+ *                        certificate's state, one "key: value" per line
+ *                        (certificate, renewal, state, last error, next
+ *                        attempt: see certs_status in certs.h)
  * An add identical to the current route is "ok" without a save; a remove of
  * a domain without a route is "error: no route for DOMAIN; ...".
  * Commands are applied in arrival order. Consecutive add/remove commands of

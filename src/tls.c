@@ -3,6 +3,7 @@
  * handshake while the certificate thread obtains a certificate. */
 #include "tls.h"
 #include "certs.h"
+#include "challenge.h"
 #include "domain.h"
 #include "log.h"
 #include "routes.h"
@@ -134,6 +135,21 @@ static int sni_from_hello(SSL *s, char *name, size_t cap)
     return -1;
 }
 
+/* True when the client's ALPN list is exactly one protocol, "acme-tls/1":
+ * a CA validating tls-alpn-01 (RFC 8737 section 3 requires it to offer
+ * only that). A browser offering it among others gets a normal handshake. */
+static bool wants_acme_tls(SSL *s)
+{
+    const unsigned char *p;
+    size_t len, n = sizeof CHALLENGE_ALPN - 1;
+
+    if (!SSL_client_hello_get0_ext(s, TLSEXT_TYPE_application_layer_protocol_negotiation, &p, &len))
+        return false;
+    /* ProtocolNameList: a 2-byte length, then one length-prefixed name. */
+    return len == 3 + n && (((size_t)p[0] << 8) | p[1]) == 1 + n && p[2] == n &&
+           memcmp(p + 3, CHALLENGE_ALPN, n) == 0;
+}
+
 /* "1.2.3.4:5678" for log lines; "?" when unknown. */
 static void peer_str(SSL *s, char *out, size_t cap)
 {
@@ -173,11 +189,30 @@ static int on_client_hello(SSL *s, int *al, void *arg)
         *al = SSL_AD_UNRECOGNIZED_NAME;
         return SSL_CLIENT_HELLO_ERROR;
     }
-    /* Release mode hooks in here: when the client's ALPN list is exactly
-     * "acme-tls/1" (SSL_client_hello_get0_ext with
-     * TLSEXT_TYPE_application_layer_protocol_negotiation), switch to the
-     * domain's RFC 8737 challenge context from the certs store instead of
-     * its certificate, and return. The route check below still applies. */
+    /* tls-alpn-01 (RFC 8737): the CA offers only "acme-tls/1"; answer with
+     * the challenge certificate when an order for this name is pending (so
+     * only for names we ordered, which had a route), and never with the
+     * real certificate. transport.c closes the connection once the
+     * handshake is done: it must not reach the proxy. */
+    if (wants_acme_tls(s)) {
+        SSL_CTX *cctx = challenge_tls_alpn_ctx(name, (size_t)len);
+        peer_str(s, peer, sizeof peer);
+        if (!cctx) {
+            log_info("tls %s: acme-tls/1 for %s, but no tls-alpn-01 challenge is pending: "
+                     "refused with unrecognized_name", peer, name);
+            *al = SSL_AD_UNRECOGNIZED_NAME;
+            return SSL_CLIENT_HELLO_ERROR;
+        }
+        bool ok = SSL_set_SSL_CTX(s, cctx) != NULL;
+        SSL_CTX_free(cctx);   /* the SSL holds its own reference now */
+        if (!ok) {
+            log_warn("tls %s: SSL_set_SSL_CTX failed for the tls-alpn-01 challenge of %s", peer, name);
+            *al = SSL_AD_INTERNAL_ERROR;
+            return SSL_CLIENT_HELLO_ERROR;
+        }
+        log_info("tls %s: answering the tls-alpn-01 challenge for %s", peer, name);
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
     if (routes_lookup(routes_current(), name, (size_t)len) == 0) {
         /* A name without a route never gets a certificate made. */
         peer_str(s, peer, sizeof peer);

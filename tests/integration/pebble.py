@@ -88,12 +88,16 @@ class Pebble:
     """pebble + pebble-challtestsrv. http_port/tls_port: where pebble
     validates http-01 and tls-alpn-01 (on 127.0.0.1)."""
 
-    def __init__(self, tmp, http_port, tls_port, nonce_reject=None, extra_env=None):
+    def __init__(self, tmp, http_port, tls_port, nonce_reject=None, extra_env=None,
+                 extra_config=None):
         self.dir = Path(tmp) / "pebble"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.http_port, self.tls_port = http_port, tls_port
         self.nonce_reject = nonce_reject
         self.extra_env = dict(extra_env or {})
+        # Merged into the "pebble" config object, e.g. {"certificateValidityPeriod": 12}
+        # (seconds) for short-lived certificates.
+        self.extra_config = dict(extra_config or {})
         self.api_port = _free_tcp_port()
         self.mgmt_port = _free_tcp_port()
         self.dns_port = _free_tcp_udp_port()
@@ -147,6 +151,7 @@ class Pebble:
             "httpPort": self.http_port, "tlsPort": self.tls_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": False,
         }}
+        cfg["pebble"].update(self.extra_config)
         cfg_path = self.dir / "pebble-config.json"
         cfg_path.write_text(json.dumps(cfg, indent=2))
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.dir), "PEBBLE_VA_NOSLEEP": "1"}
