@@ -155,6 +155,7 @@ def test_making_a_certificate_does_not_stall_other_connections(https_server, bac
 
     def slow():
         res["r"] = curl(s, "slowcert.test")
+        res["t"] = time.monotonic()
     t = threading.Thread(target=slow)
     t0 = time.monotonic()
     t.start()
@@ -166,6 +167,7 @@ def test_making_a_certificate_does_not_stall_other_connections(https_server, bac
     assert time.monotonic() - t0 < 2.8, "other handshakes waited for mkcert"
     t.join(60)
     assert res["r"].returncode == 0, res["r"].stderr
+    assert res["t"] - t0 >= 2.5, "the slowed-down mkcert did not delay the first handshake"
     assert res["r"].stdout.startswith("HTTP/1.1 200")
 
 
