@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -20,10 +21,15 @@ FLAGS = ["--http-port", "--https-port", "--udp-port", "--config-dir", "--certs-d
          "--version", "--help"]
 
 
+# A scratch working directory, so that nothing a run writes (./certs, logs/)
+# lands in the source tree.
+SCRATCH = tempfile.mkdtemp(prefix="core_server_cli_")
+
+
 def run(args, timeout=30, env=None, cwd=None):
     return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout,
                           env=env or {"PATH": "/nonexistent", "HOME": "/nonexistent"},
-                          stdin=subprocess.DEVNULL, cwd=cwd)
+                          stdin=subprocess.DEVNULL, cwd=cwd or SCRATCH)
 
 
 def nonempty_lines(text):
@@ -122,7 +128,7 @@ def test_privileged_port_permission_denied_names_setcap(tmp_path):
         pytest.skip("cannot provoke EACCES on a low port here (unprivileged ports start low, or not root)")
     r = subprocess.run(drop + [str(BIN), *server_args(tmp_path, 81, free_tcp_port(), free_udp_port())],
                        capture_output=True, text=True, timeout=30, env=base_env(tmp_path),
-                       stdin=subprocess.DEVNULL)
+                       stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if "81" in l]
     assert lines, r.stderr

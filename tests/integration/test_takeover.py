@@ -110,7 +110,7 @@ def test_udp_port_held_by_other_program_is_clear_error(tmp_path, ports, config_d
                             "--udp-port", str(ports["udp"]), "--config-dir", str(config_dir),
                             "--certs-dir", str(certs_dir)],
                            capture_output=True, text=True, timeout=60, env=base_env(tmp_path),
-                           stdin=subprocess.DEVNULL)
+                           stdin=subprocess.DEVNULL, cwd=tmp_path)
         took = time.monotonic() - t0
     finally:
         hold.close()
