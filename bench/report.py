@@ -72,6 +72,7 @@ def main():
             p99.append(int(r["p99_us"]) / 1000)
             cpu.append(float(r["cpu_s"]) / req * 1e5)
         return {
+            "spread": (max(tp) - min(tp)) / 2 / statistics.median(tp) * 100 if len(tp) > 1 else None,
             "tp": statistics.median(tp) if tp else None,
             "p50": statistics.median(p50) if p50 else None,
             "p99": statistics.median(p99) if p99 else None,
@@ -95,7 +96,8 @@ def main():
       "backend (nginx, 1 worker) share CPU 1; access logs off; keep-alive to the backend; one mkcert "
       "ECDSA P-256 certificate and TLS 1.3 everywhere (except the RSA row)")
     w("")
-    w("Each cell: median over the rounds (peak RSS: the largest), then the ratio to nginx in the same run. "
+    w("Each cell: median over the rounds (peak RSS: the largest), then the ratio to nginx in the same run; "
+      "± is half the range of the rounds' throughputs, relative to the median. "
       "CPU = the proxy's own user+sys seconds per 100,000 requests (from /proc/PID/stat, all its "
       "processes and threads); for the backend row it is the backend's. Errors: socket errors + "
       "non-2xx/3xx responses, summed over the rounds.")
@@ -113,7 +115,8 @@ def main():
                       "| | | | | | | | | | |")
                 continue
             R = ref or {}
-            w(f"| {title} | {LABEL[t]} | {fmt_num(g['tp'])} | {ratio(g['tp'], R.get('tp'))} "
+            spread = f" ±{g['spread']:.0f}%" if g["spread"] is not None else ""
+            w(f"| {title} | {LABEL[t]} | {fmt_num(g['tp'])}{spread} | {ratio(g['tp'], R.get('tp'))} "
               f"| {fmt_num(g['p50'], 2)} | {ratio(g['p50'], R.get('p50'))} "
               f"| {fmt_num(g['p99'], 2)} | {ratio(g['p99'], R.get('p99'))} "
               f"| {fmt_num(g['cpu'], 2)} | {ratio(g['cpu'], R.get('cpu'))} "

@@ -318,7 +318,7 @@ for n in "${PROCS[@]}"; do
     info=$(openssl s_client -connect "127.0.0.1:${TLS[$n]}" -servername "$HOST" -alpn h2,http/1.1 \
            -CAfile "$CAROOT/rootCA.pem" </dev/null 2>&1 \
            | grep -aE 'Peer signature type|Server Temp Key|Server public key is|Cipher is|ALPN protocol|No ALPN|Verify return code' \
-           | tr -s ' ' | sed 's/^ //' | paste -sd ';' -)
+           | tr -s ' ' | sed 's/^ //' | awk '!seen[$0]++' | paste -sd ';' -)
     case $info in *"ALPN protocol: h2"*) H2[$n]=1 ;; *) H2[$n]=0 ;; esac
     NOTES+=("$n TLS: $info")
 done
@@ -455,18 +455,21 @@ done
 # ---------------------------------------------------------------- (h) UDP add burst
 H=$T/raw/udp.jsonl
 : >"$H"
-for r in $(seq "$ROUNDS"); do
+start_coreh() {   # a fresh core_server with no routes, for (h)
     rm -rf "$T/coreh"; mkdir -p "$T/coreh/conf" "$T/coreh/certs"
     taskset -c "$PROXY_CPU" "$CORE" --http-port "$COREH_PORT" --https-port "$COREH_TLS_PORT" \
         --udp-port "$COREH_UDP" --config-dir "$T/coreh/conf" --certs-dir "$T/coreh/certs" \
-        --workers 1 --no-access-log >"$T/coreh/out.log" 2>&1 &
+        --workers 1 --no-access-log >>"$T/coreh.log" 2>&1 &
     hp=$!
     ALL_PIDS+=("$hp")
     wait_port "$COREH_PORT" 15 || die "core_server for (h) did not start"
     "$CORE" list --udp-port "$COREH_UDP" >/dev/null || true   # the command loop is up
+}
+for r in $(seq "$ROUNDS"); do
     # A burst (everything at once), then at most 128 without a reply (a
-    # client that paces itself), on the same instance with new names.
+    # client that paces itself); each on a fresh instance with no routes.
     for mode in burst window128; do
+        start_coreh
         win=0; [ "$mode" = window128 ] && win=128
         reset_hwm "$hp"
         cpu0=$(cpu_ticks "$hp")
@@ -479,18 +482,18 @@ for r in $(seq "$ROUNDS"); do
         routes=$(wc -l <"$T/coreh/conf/forward_targets.txt" 2>/dev/null || echo 0)
         echo "{\"round\": $r, \"mode\": \"$mode\", \"cpu_s\": $(awk -v a="$cpu0" -v b="$cpu1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}'), \"hwm_kib\": $hwm, \"routes_in_file\": $routes, \"udp_rcvbuf_errors\": $((drops1 - drops0)), \"result\": $res}" >>"$H"
         say "(h) round $r $mode: $res; routes in file: $routes; UDP RcvbufErrors +$((drops1 - drops0))"
+        kill -TERM "$hp" 2>/dev/null || true
+        wait "$hp" 2>/dev/null || true
     done
-    kill -TERM "$hp" 2>/dev/null || true
-    wait "$hp" 2>/dev/null || true
 done
 
 # ---------------------------------------------------------------- report
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$(( $(date +%s) - T0 ))
 # core_server errors/warnings in its own log
-for d in core core_tls core_rsa coreh; do
-    if grep -qiE 'error|warn|crit|fatal' "$T/$d/out.log" 2>/dev/null; then
-        NOTES+=("core_server log ($d): $(grep -iE 'error|warn|crit|fatal' "$T/$d/out.log" | sort | uniq -c | sort -rn | head -5 | tr -s ' ' | paste -sd ';' -)")
+for f in core/out.log core_tls/out.log core_rsa/out.log coreh.log; do
+    if grep -qiE 'error|warn|crit|fatal' "$T/$f" 2>/dev/null; then
+        NOTES+=("core_server log ($f): $(grep -iE 'error|warn|crit|fatal' "$T/$f" | cut -c26- | sort | uniq -c | sort -rn | head -5 | tr -s ' ' | paste -sd ';' -)")
     fi
 done
 [ -f "$T/core_rsa/certs/$HOST-cert.pem" ] && \
