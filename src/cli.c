@@ -34,6 +34,17 @@ static const char usage_text[] =
     "  --backend-timeout S    seconds for a backend to accept and answer, else 504 (default 60)\n"
     "  --drain-timeout S      seconds to finish in-flight requests at shutdown (default 30)\n"
     "  --no-access-log        do not log one line per request\n"
+    "  --log-file PATH        log file (default logs/core.log in release mode or with\n"
+    "                         --daemon, else stderr)\n"
+    "  --log-max-bytes N      cap on the log file and its 4 backups together, in bytes\n"
+    "                         (default 200000000)\n"
+    "  --foreground           release mode: do not detach from the shell\n"
+    "  --daemon               local mode: detach from the shell too\n"
+    "  --acme-directory URL   ACME directory (default Let's Encrypt production,\n"
+    "                         " CLI_ACME_DIRECTORY ";\n"
+    "                         staging: https://acme-staging-v02.api.letsencrypt.org/directory)\n"
+    "  --acme-ca FILE         extra CA bundle trusted for the ACME server's own HTTPS\n"
+    "  --acme-email ADDR      contact address for the ACME account (default none)\n"
     "  --local                local dev mode: HTTPS with mkcert when it is installed\n"
     "  --release              release mode: Let's Encrypt certificates (not implemented yet)\n"
     "  --version              print the version\n"
@@ -66,6 +77,8 @@ static void defaults(struct config *cfg)
     cfg->max_conns = 20000;
     cfg->client_timeout_ms = 60000;
     cfg->backend_timeout_ms = 60000;
+    cfg->log_max_bytes = 200000000;
+    snprintf(cfg->acme_directory, sizeof cfg->acme_directory, "%s", CLI_ACME_DIRECTORY);
     default_dirs(cfg);
 }
 
@@ -108,6 +121,27 @@ static const struct int_flag int_flags[] = {
     { "--client-timeout", 1, 86400, offsetof(struct config, client_timeout_ms), 1000, "seconds 1-86400" },
     { "--backend-timeout", 1, 86400, offsetof(struct config, backend_timeout_ms), 1000, "seconds 1-86400" },
     { "--drain-timeout", 0, 3600, offsetof(struct config, drain_ms), 1000, "seconds 0-3600" },
+    { "--log-max-bytes", 100000, 2000000000, offsetof(struct config, log_max_bytes), 1,
+      "a byte count 100000-2000000000" },
+};
+
+/* Flags that take a string, copied into struct config. */
+struct str_flag {
+    const char *name;
+    size_t offset, cap;  /* into struct config */
+    const char *what;    /* "needs WHAT" */
+};
+
+#define STR_FLAG(flag, field, what) \
+    { flag, offsetof(struct config, field), sizeof ((struct config *)0)->field, what }
+
+static const struct str_flag str_flags[] = {
+    STR_FLAG("--config-dir", config_dir, "a directory"),
+    STR_FLAG("--certs-dir", certs_dir, "a directory"),
+    STR_FLAG("--log-file", log_file, "a file path"),
+    STR_FLAG("--acme-directory", acme_directory, "a URL"),
+    STR_FLAG("--acme-ca", acme_ca, "a file path"),
+    STR_FLAG("--acme-email", acme_email, "an email address"),
 };
 
 /* Splits "--flag=value"; returns the value or NULL, and the flag's length. */
@@ -118,13 +152,18 @@ static const char *split_eq(const char *arg, size_t *flen)
     return eq ? eq + 1 : NULL;
 }
 
-static int parse_dir(const char *flag, const char *v, char *dst, size_t cap)
+static int parse_str(const char *flag, const char *v, const struct str_flag *f, struct config *cfg)
 {
-    if (!v || !*v)
-        return bad(flag, "needs a directory");
-    if (strlen(v) >= cap - 64)
-        return bad(flag, "path too long");
-    snprintf(dst, cap, "%s", v);
+    char why[64];
+
+    if (!v || !*v) {
+        snprintf(why, sizeof why, "needs %s", f->what);
+        return bad(flag, why);
+    }
+    /* Room for the file names appended to directories. */
+    if (strlen(v) >= f->cap - 64)
+        return bad(flag, "too long");
+    snprintf((char *)cfg + f->offset, f->cap, "%s", v);
     return 0;
 }
 
@@ -154,12 +193,12 @@ static int parse_one(int argc, char **argv, int *i, struct config *cfg)
         *(int *)((char *)cfg + f->offset) = val * f->scale;
         return 0;
     }
-    if (!strcmp(flag, "--config-dir") || !strcmp(flag, "--certs-dir")) {
+    for (size_t k = 0; k < sizeof str_flags / sizeof str_flags[0]; k++) {
+        if (strcmp(flag, str_flags[k].name) != 0)
+            continue;
         if (!v && *i + 1 < argc)
             v = argv[++*i];
-        return flag[2] == 'c' && flag[3] == 'o'
-                   ? parse_dir(flag, v, cfg->config_dir, sizeof cfg->config_dir)
-                   : parse_dir(flag, v, cfg->certs_dir, sizeof cfg->certs_dir);
+        return parse_str(flag, v, &str_flags[k], cfg);
     }
     if (v)
         return bad(flag, "takes no value");
@@ -169,6 +208,10 @@ static int parse_one(int argc, char **argv, int *i, struct config *cfg)
         cfg->release = false;
     else if (!strcmp(flag, "--release"))
         cfg->release = true;
+    else if (!strcmp(flag, "--foreground"))
+        cfg->foreground = true;
+    else if (!strcmp(flag, "--daemon"))
+        cfg->daemon = true;
     else
         return bad(flag, "unknown flag");
     return 0;
@@ -202,5 +245,14 @@ int cli_parse(int argc, char **argv, struct config *cfg)
             snprintf(cfg->certs_dir, sizeof cfg->certs_dir, "certs");
     }
     snprintf(cfg->routes_path, sizeof cfg->routes_path, "%s/forward_targets.txt", cfg->config_dir);
+    /* Release mode logs to a file, as the original did; so does --daemon,
+     * whose stderr is /dev/null. */
+    if (!cfg->log_file[0] && (cfg->release || cfg->daemon))
+        snprintf(cfg->log_file, sizeof cfg->log_file, "%s", CLI_LOG_FILE_DEFAULT);
     return 0;
+}
+
+bool cli_detaches(const struct config *cfg)
+{
+    return cfg->daemon || (cfg->release && !cfg->foreground);
 }

@@ -22,7 +22,20 @@ struct config {
     int max_conns;           /* --max-connections: per process, default 20000 */
     int client_timeout_ms;   /* --client-timeout SECONDS: head, idle keep-alive, stalled client (60) */
     int backend_timeout_ms;  /* --backend-timeout SECONDS: connect and response, else 504 (60) */
+    char log_file[4096];     /* --log-file: "" = stderr; logs/core.log in release mode or --daemon */
+    int log_max_bytes;       /* --log-max-bytes: the log file and its backups, at most (200000000) */
+    bool foreground;         /* --foreground: release mode stays attached to the shell */
+    bool daemon;             /* --daemon: local mode detaches too */
+    char acme_directory[2048]; /* --acme-directory URL: the CA (default Let's Encrypt production) */
+    char acme_ca[4096];      /* --acme-ca FILE: extra CA bundle for the CA's HTTPS API ("" = none) */
+    char acme_email[320];    /* --acme-email ADDR: account contact ("" = none) */
 };
+
+#define CLI_ACME_DIRECTORY "https://acme-v02.api.letsencrypt.org/directory"
+#define CLI_LOG_FILE_DEFAULT "logs/core.log"
+
+/* Release mode without --foreground, or --daemon. */
+bool cli_detaches(const struct config *cfg);
 
 /* Fills cfg from argv. Returns 0 to run, 1 when it printed --help/--version
  * (exit 0), -1 after printing one line naming the bad flag and the fix

@@ -1,15 +1,18 @@
-/* instance.c — takeover of a running instance, and signal handling. */
+/* instance.c — takeover of a running instance, detaching, and signal handling. */
 #include "instance.h"
 #include "core_client.h"
 #include "log.h"
 #include "loop.h"
 #include "net.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -77,7 +80,12 @@ static void on_signal(struct loop *l, struct loop_fd *h, uint32_t ev)
 
     while (read(h->fd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGHUP) {
-            log_info("SIGHUP: nothing to reload (routes change over UDP)");
+            if (log_to_file()) {
+                log_info("SIGHUP: reopening the log file (routes change over UDP)");
+                log_reopen();
+            } else {
+                log_info("SIGHUP: logging to stderr, nothing to reopen (routes change over UDP)");
+            }
             continue;
         }
         log_info("received %s: shutting down gracefully", strsignal((int)si.ssi_signo));
@@ -100,4 +108,138 @@ int instance_watch_signals(struct loop *l, void (*on_stop)(void *), void *arg)
     sigwatch.on_stop = on_stop;
     sigwatch.arg = arg;
     return loop_add_fd_level(l, &sigwatch.lfd, false);
+}
+
+/* ---- detaching ---- */
+
+static int ready_fd = -1;   /* child: write end of the parent's pipe, until ready */
+
+/* The parent, after a failure: waits (bounded) for the child to exit, so that
+ * its ports are free when we return. *status is -1 if it has not exited. */
+static void reap_failed(pid_t child, int *status)
+{
+    for (int waited = 0; waited < TAKEOVER_WAIT_MS; waited += TAKEOVER_POLL_MS) {
+        if (waitpid(child, status, WNOHANG) == child)
+            return;
+        sleep_ms(TAKEOVER_POLL_MS);
+    }
+    *status = -1;
+}
+
+/* The parent: waits for "ok\n" or an error line, then exits. */
+static void __attribute__((noreturn)) wait_for_daemon(int rfd, pid_t child)
+{
+    char msg[1024];
+    size_t n = 0;
+    ssize_t r;
+    int status;
+
+    while (n < sizeof msg - 1 && (r = read(rfd, msg + n, sizeof msg - 1 - n)) != 0) {
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            break;
+        n += (size_t)r;
+        if (msg[n - 1] == '\n')
+            break;   /* one line per report */
+    }
+    msg[n] = '\0';
+    if (strcmp(msg, "ok\n") != 0)
+        reap_failed(child, &status);
+    if (!strcmp(msg, "ok\n")) {
+        printf("core_server: running in the background as pid %ld\n", (long)child);
+        fflush(stdout);
+        _exit(0);
+    }
+    if (n > 0) {
+        fprintf(stderr, "core_server: %s%s", msg, msg[n - 1] == '\n' ? "" : "\n");
+    } else if (status != -1 && WIFSIGNALED(status)) {
+        fprintf(stderr, "core_server: the server died during startup (%s)\n",
+                strsignal(WTERMSIG(status)));
+    } else {
+        fprintf(stderr, "core_server: the server exited during startup without a reason "
+                "(see its log file)\n");
+    }
+    _exit(1);
+}
+
+int instance_daemonize_begin(char *err, size_t errlen)
+{
+    int fds[2];
+    pid_t pid;
+
+    /* Cloexec: the mkcert children must not hold the parent's pipe open. */
+    if (pipe2(fds, O_CLOEXEC) < 0) {
+        snprintf(err, errlen, "detach: pipe: %s", strerror(errno));
+        return -1;
+    }
+    fflush(NULL);   /* nothing buffered may be written twice */
+    pid = fork();
+    if (pid < 0) {
+        snprintf(err, errlen, "detach: fork: %s (or run with --foreground)", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid > 0) {
+        close(fds[1]);
+        wait_for_daemon(fds[0], pid);
+    }
+    close(fds[0]);
+    ready_fd = fds[1];
+    /* A new session: no controlling terminal, so the shell's hangup and
+     * Ctrl-C never reach the daemon. One fork is enough: we never open a
+     * terminal, so we cannot acquire one as session leader. */
+    if (setsid() < 0) {
+        snprintf(err, errlen, "detach: setsid: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int instance_daemonize_stdio(char *err, size_t errlen)
+{
+    int fd;
+
+    if (ready_fd < 0)
+        return 0;
+    fd = open("/dev/null", O_RDWR);
+    if (fd < 0) {
+        snprintf(err, errlen, "detach: open /dev/null: %s", strerror(errno));
+        return -1;
+    }
+    for (int i = 0; i < 3; i++)
+        if (fd != i)
+            dup2(fd, i);
+    if (fd > 2)
+        close(fd);
+    return 0;
+}
+
+static void report_to_parent(const char *line)
+{
+    size_t n = strlen(line);
+
+    if (ready_fd < 0)
+        return;
+    while (write(ready_fd, line, n) < 0 && errno == EINTR)
+        ;
+    close(ready_fd);
+    ready_fd = -1;
+}
+
+void instance_daemonize_ready(void)
+{
+    report_to_parent("ok\n");
+}
+
+bool instance_daemonize_fail(const char *msg)
+{
+    char line[1024];
+
+    if (ready_fd < 0)
+        return false;
+    snprintf(line, sizeof line, "%s\n", msg);
+    report_to_parent(line);
+    return true;
 }

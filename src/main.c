@@ -27,9 +27,14 @@ struct server {
     bool stopping;
 };
 
+/* A fatal startup error: on stderr, in the log file, and to the parent that
+ * waits for a detaching server (it prints the line and exits non-zero). */
 static int fail(const char *msg)
 {
-    fprintf(stderr, "core_server: %s\n", msg);
+    if (log_to_file())
+        log_error("%s", msg);
+    if (!instance_daemonize_fail(msg))
+        fprintf(stderr, "core_server: %s\n", msg);
     return 1;
 }
 
@@ -54,7 +59,7 @@ static int load_routes(const struct config *cfg)
     struct routes *r = routes_load_file(cfg->routes_path, err, sizeof err);
 
     if (!r) {
-        fprintf(stderr, "core_server: %s\n", err);
+        fail(err);
         return -1;
     }
     log_info("loaded %zu route(s) from %s", routes_count(r), cfg->routes_path);
@@ -79,6 +84,28 @@ static int setup_https(struct server *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Release mode (unless --foreground) and --daemon detach from the shell,
+ * before any thread starts: fork keeps only the calling thread. */
+static int maybe_detach(const struct config *cfg, char *err, size_t errlen)
+{
+    if (!cli_detaches(cfg))
+        return 0;
+    return instance_daemonize_begin(err, errlen);
+}
+
+/* Opens the log file, if any (in the daemon: the logger thread must be
+ * started after the fork); then a daemon's stdio can go to /dev/null. */
+static int setup_logging(const struct config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->log_file[0])
+        return 0;
+    if (log_open_file(cfg->log_file, (uint64_t)cfg->log_max_bytes, err, errlen) < 0)
+        return -1;
+    log_info("core_server %s logging to %s (with %d backups, at most %d bytes in all)",
+             CORE_VERSION, cfg->log_file, LOG_BACKUPS, cfg->log_max_bytes);
+    return instance_daemonize_stdio(err, errlen);
+}
+
 static int run_server(struct server *s)
 {
     const struct config *cfg = &s->cfg;
@@ -89,6 +116,8 @@ static int run_server(struct server *s)
     if (cfg->release)
         return fail("release mode (Let's Encrypt) is not implemented yet; run with --local "
                     "(or build with plain `make`)");
+    if (maybe_detach(cfg, err, sizeof err) < 0 || setup_logging(cfg, err, sizeof err) < 0)
+        return fail(err);
     instance_block_signals();
     if (setup_https(s, err, sizeof err) < 0)
         return fail(err);
@@ -126,6 +155,7 @@ static int run_server(struct server *s)
         snprintf(https_desc, sizeof https_desc, "no HTTPS");
     log_info("core_server %s (local mode) ready: http port %d, %s, commands on UDP port %d, "
              "%d worker(s)", CORE_VERSION, cfg->http_port, https_desc, cfg->udp_port, cfg->workers);
+    instance_daemonize_ready();   /* ports bound: the waiting parent exits 0 */
     loop_run(s->loop);
 
     log_info("draining in-flight requests (up to %d ms)", cfg->drain_ms);
@@ -152,5 +182,7 @@ int main(int argc, char **argv)
     r = cli_parse(argc, argv, &s.cfg);
     if (r != 0)
         return r > 0 ? 0 : 2;
-    return run_server(&s);
+    r = run_server(&s);
+    log_close();   /* writes the queued lines */
+    return r;
 }
