@@ -86,6 +86,13 @@ int net_bind_udp(int port, char *err, size_t errlen)
         snprintf(err, errlen, "socket for UDP port %d: %s", port, strerror(errno));
         return -1;
     }
+    /* A burst of thousands of "add"s (one per web server at boot) must not
+     * overflow the default ~200 KiB receive buffer: ask for 8 MiB, beyond
+     * net.core.rmem_max when we have CAP_NET_ADMIN (FORCE), else as much as
+     * the limit allows. */
+    int rcvbuf = 8 << 20;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     if (bind_any(fd, port, v6) < 0) {
         int e = errno;
         fmt_bind_error(port, "UDP", "commands", "--udp-port", e, err, errlen);
