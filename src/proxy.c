@@ -30,6 +30,7 @@
 #include "worker.h"
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -44,6 +45,9 @@
 #define UPSTREAM_IDLE_MS 30000 /* below common backend keep-alive timeouts? no: see pool_put */
 #define LINGER_MS 2000         /* reading and discarding after a closing response */
 #define TUNNEL_TIMEOUT_MS 600000
+#define SPLICE_MIN (64u * 1024)  /* bodies at least this long go through splice(2) */
+#define PIPE_SIZE (256 * 1024)   /* splice pipe capacity asked for */
+#define PIPE_POOL 16             /* idle pipes kept per worker */
 
 enum client_state {
     C_HANDSHAKE,   /* TLS handshake in progress (or parked) */
@@ -108,6 +112,8 @@ struct exchange {
     bool backend_close;              /* backend said close / cannot be reused */
     bool generated;                  /* response made by the proxy, no backend */
     struct frame req, resp;
+    int pipe[2];                     /* splice pipe while splicing, else -1 */
+    uint32_t pipe_bytes;             /* body bytes sitting in the pipe */
     char host[DOMAIN_MAX + 1];
     char method[16];
     char target[256];
@@ -146,6 +152,8 @@ struct proxy_state {
     struct upstream *reap_upstreams;
     struct exchange *free_ex;
     unsigned nfree_ex;
+    int pipes[PIPE_POOL][2];         /* idle splice pipes (empty), read and write ends */
+    unsigned npipes;
     struct http1_request req;        /* parse scratch */
     struct http1_response resp;      /* parse scratch */
     char scratch[BUF_SIZE];          /* head rewriting scratch */
@@ -182,6 +190,11 @@ void proxy_free(struct worker *w)
         struct exchange *e = px->free_ex;
         px->free_ex = e->next_free;
         free(e);
+    }
+    while (px->npipes) {
+        px->npipes--;
+        close(px->pipes[px->npipes][0]);
+        close(px->pipes[px->npipes][1]);
     }
     free(px->idle);
     free(px->idle_count);
@@ -220,15 +233,37 @@ static struct exchange *exchange_get(struct worker *w)
         ex = xmalloc(sizeof *ex);
     }
     memset(ex, 0, offsetof(struct exchange, host));
+    ex->pipe[0] = ex->pipe[1] = -1;
     ex->host[0] = ex->method[0] = ex->target[0] = '\0';
     ex->start_ms = loop_now_ms(w->loop);
     return ex;
+}
+
+/* Returns the exchange's splice pipe to the pool if it is empty (a pipe
+ * with bytes left in it is closed: its contents belong to nobody now). */
+static void pipe_release(struct worker *w, struct exchange *ex)
+{
+    struct proxy_state *px = w->px;
+
+    if (ex->pipe[0] < 0)
+        return;
+    if (ex->pipe_bytes == 0 && px->npipes < PIPE_POOL) {
+        px->pipes[px->npipes][0] = ex->pipe[0];
+        px->pipes[px->npipes][1] = ex->pipe[1];
+        px->npipes++;
+    } else {
+        close(ex->pipe[0]);
+        close(ex->pipe[1]);
+    }
+    ex->pipe[0] = ex->pipe[1] = -1;
+    ex->pipe_bytes = 0;
 }
 
 static void exchange_put(struct worker *w, struct exchange *ex)
 {
     struct proxy_state *px = w->px;
 
+    pipe_release(w, ex);
     if (px->nfree_ex >= 256) {
         free(ex);
         return;
@@ -1124,7 +1159,8 @@ static bool read_upstream(struct client *cl)
     struct exchange *ex = cl->ex;
     ssize_t n;
 
-    if (!up || !ex || ex->generated || ex->head_out || !up->connected || !up->rd_ready || up->eof)
+    if (!up || !ex || ex->generated || ex->head_out || !up->connected || !up->rd_ready || up->eof ||
+        ex->pipe[0] >= 0)
         return false;
     if (ex->resp_head_done && ex->resp.done && cl->state != C_TUNNEL)
         return false;
@@ -1180,6 +1216,87 @@ static bool read_upstream(struct client *cl)
         cl->out_ok = buf_len(cl->out);
     upstream_arm(up);
     return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* splice: long plain-HTTP bodies move backend -> pipe -> client inside   */
+/* the kernel, without being copied through `out`.                      */
+
+static bool pipe_get(struct worker *w, int fds[2])
+{
+    struct proxy_state *px = w->px;
+
+    if (px->npipes) {
+        px->npipes--;
+        fds[0] = px->pipes[px->npipes][0];
+        fds[1] = px->pipes[px->npipes][1];
+        return true;
+    }
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+        return false;
+    /* A bigger pipe moves more per splice call; failure only costs speed. */
+    fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE);
+    return true;
+}
+
+/* Starts splicing once the head and any buffered body bytes are out, for a
+ * Content-Length body long enough to be worth a pipe. */
+static bool maybe_start_splice(struct client *cl)
+{
+    struct exchange *ex = cl->ex;
+
+    if (cl->tls || !ex || !cl->up || ex->pipe[0] >= 0 || !ex->resp_head_done || ex->generated ||
+        ex->resp.kind != F_LENGTH || ex->resp.done || ex->resp.remaining < SPLICE_MIN ||
+        cl->state != C_EXCHANGE || (cl->out && buf_len(cl->out) > 0))
+        return false;
+    return pipe_get(cl->w, ex->pipe);
+}
+
+/* Moves body bytes backend -> pipe (only when the pipe is empty, so that
+ * EAGAIN can only mean "no data yet") and pipe -> client. */
+static bool splice_body(struct client *cl)
+{
+    struct exchange *ex = cl->ex;
+    struct upstream *up = cl->up;
+    bool moved = false;
+    ssize_t n;
+
+    if (!ex || ex->pipe[0] < 0)
+        return false;
+    if (ex->pipe_bytes == 0 && up && up->rd_ready && !ex->resp.done) {
+        size_t want = ex->resp.remaining < PIPE_SIZE ? (size_t)ex->resp.remaining : PIPE_SIZE;
+        n = splice(up->lfd.fd, NULL, ex->pipe[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            ex->pipe_bytes = (uint32_t)n;
+            ex->resp.remaining -= (uint64_t)n;
+            if (ex->resp.remaining == 0)
+                ex->resp.done = true;
+            upstream_arm(up);
+            moved = true;
+        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            up->rd_ready = false;
+        } else {
+            log_warn("backend 127.0.0.1:%u for %s: connection lost mid-response%s%s", ex->port,
+                     ex->host, n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
+            client_close(cl, "backend closed mid-body");
+            return true;
+        }
+    }
+    if (ex->pipe_bytes && cl->wr_ready) {
+        n = splice(ex->pipe[0], NULL, cl->tr.fd, NULL, ex->pipe_bytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            ex->pipe_bytes -= (uint32_t)n;
+            ex->bytes_out += (uint64_t)n;
+            client_arm(cl, (uint32_t)cl->w->cfg->client_timeout_ms);
+            moved = true;
+        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            cl->wr_ready = false;
+        } else {
+            client_close(cl, n < 0 ? strerror(errno) : "client closed");
+            return true;
+        }
+    }
+    return moved;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1285,7 +1402,8 @@ static bool check_done(struct client *cl)
     }
     if (cl->state != C_EXCHANGE || !ex)
         return false;
-    if (ex->resp_head_done && ex->resp.done && cl->out_ok == 0 && (ex->req.done || ex->close_after)) {
+    if (ex->resp_head_done && ex->resp.done && cl->out_ok == 0 && ex->pipe_bytes == 0 &&
+        (ex->req.done || ex->close_after)) {
         finish_exchange(cl);
         return true;
     }
@@ -1372,6 +1490,10 @@ static void client_pump(struct client *cl)
         if (cl->dead) return;
         moved |= write_client(cl);
         if (cl->dead) return;
+        if (maybe_start_splice(cl) || (cl->ex && cl->ex->pipe[0] >= 0)) {
+            moved |= splice_body(cl);
+            if (cl->dead) return;
+        }
         moved |= check_done(cl);
         if (cl->dead) return;
         if (cl->state == C_HEAD && cl->rd_eof) {
