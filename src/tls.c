@@ -98,7 +98,13 @@ SSL_CTX *tls_ctx_new(char *err, size_t errlen)
     }
     /* Session tickets stay on (OpenSSL's default). Their keys live in the
      * SSL's session context, which is always the base context, so a ticket
-     * is accepted whichever certificate context the handshake switched to. */
+     * is accepted whichever certificate context the handshake switched to.
+     * Resumption needs nothing else: no server-side session cache (it would
+     * take a lock and keep up to 20,000 sessions in memory), and one ticket
+     * per full handshake instead of OpenSSL's two (one less encryption and
+     * record per new connection). */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(ctx, 1);
     /* OpenSSL reads the ALPN callback from the SSL's current context, i.e.
      * after on_client_hello switched it: every context needs it. */
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, NULL);
