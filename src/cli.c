@@ -1,5 +1,6 @@
 /* cli.c — server flags: defaults, parsing, --help and --version. */
 #include "cli.h"
+#include "acme.h"
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -16,7 +17,7 @@ static const char usage_text[] =
     "       core_server add DOMAIN PORT         route DOMAIN to 127.0.0.1:PORT\n"
     "       core_server remove DOMAIN           remove DOMAIN's route\n"
     "       core_server list                    print the routes, one \"DOMAIN PORT\" per line\n"
-    "       core_server status DOMAIN           print DOMAIN's route\n"
+    "       core_server status DOMAIN           print DOMAIN's route (and certificate, release mode)\n"
     "       core_server shutdown                stop the running server gracefully\n"
     "  (subcommands take --udp-port N before or after their arguments)\n"
     "\n"
@@ -45,8 +46,11 @@ static const char usage_text[] =
     "                         staging: https://acme-staging-v02.api.letsencrypt.org/directory)\n"
     "  --acme-ca FILE         extra CA bundle trusted for the ACME server's own HTTPS\n"
     "  --acme-email ADDR      contact address for the ACME account (default none)\n"
+    "  --acme-challenges LIST challenge types to answer: tls-alpn-01,http-01 (default both)\n"
+    "  --acme-backoff S       seconds before retrying a failed order, x4 per failure up to\n"
+    "                         an hour (default 60; shorter only for tests)\n"
     "  --local                local dev mode: HTTPS with mkcert when it is installed\n"
-    "  --release              release mode: Let's Encrypt certificates (not implemented yet)\n"
+    "  --release              release mode: HTTPS with certificates from Let's Encrypt (ACME)\n"
     "  --version              print the version\n"
     "  --help                 print this help\n";
 
@@ -79,6 +83,8 @@ static void defaults(struct config *cfg)
     cfg->backend_timeout_ms = 60000;
     cfg->log_max_bytes = 200000000;
     snprintf(cfg->acme_directory, sizeof cfg->acme_directory, "%s", CLI_ACME_DIRECTORY);
+    cfg->acme_challenges = ACME_CHALLENGE_HTTP01 | ACME_CHALLENGE_TLSALPN01;
+    cfg->acme_backoff_s = 60;
     default_dirs(cfg);
 }
 
@@ -121,6 +127,7 @@ static const struct int_flag int_flags[] = {
     { "--client-timeout", 1, 86400, offsetof(struct config, client_timeout_ms), 1000, "seconds 1-86400" },
     { "--backend-timeout", 1, 86400, offsetof(struct config, backend_timeout_ms), 1000, "seconds 1-86400" },
     { "--drain-timeout", 0, 3600, offsetof(struct config, drain_ms), 1000, "seconds 0-3600" },
+    { "--acme-backoff", 1, 3600, offsetof(struct config, acme_backoff_s), 1, "seconds 1-3600" },
     { "--log-max-bytes", 100000, 2000000000, offsetof(struct config, log_max_bytes), 1,
       "a byte count 100000-2000000000" },
 };
@@ -167,6 +174,27 @@ static int parse_str(const char *flag, const char *v, const struct str_flag *f, 
     return 0;
 }
 
+/* "tls-alpn-01,http-01" (either or both) -> ACME_CHALLENGE_* bits. */
+static int parse_challenges(const char *flag, const char *v, struct config *cfg)
+{
+    unsigned bits = 0;
+
+    for (const char *p = v; p && *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == 11 && !strncmp(p, "tls-alpn-01", 11))
+            bits |= ACME_CHALLENGE_TLSALPN01;
+        else if (n == 7 && !strncmp(p, "http-01", 7))
+            bits |= ACME_CHALLENGE_HTTP01;
+        else
+            return bad(flag, "needs tls-alpn-01, http-01 or both, separated by a comma");
+        p += n + (p[n] == ',');
+    }
+    if (!bits)
+        return bad(flag, "needs tls-alpn-01, http-01 or both, separated by a comma");
+    cfg->acme_challenges = bits;
+    return 0;
+}
+
 /* One flag at argv[*i]; advances *i past its value. */
 static int parse_one(int argc, char **argv, int *i, struct config *cfg)
 {
@@ -192,6 +220,11 @@ static int parse_one(int argc, char **argv, int *i, struct config *cfg)
         }
         *(int *)((char *)cfg + f->offset) = val * f->scale;
         return 0;
+    }
+    if (!strcmp(flag, "--acme-challenges")) {
+        if (!v && *i + 1 < argc)
+            v = argv[++*i];
+        return parse_challenges(flag, v, cfg);
     }
     for (size_t k = 0; k < sizeof str_flags / sizeof str_flags[0]; k++) {
         if (strcmp(flag, str_flags[k].name) != 0)

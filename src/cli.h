@@ -29,6 +29,8 @@ struct config {
     char acme_directory[2048]; /* --acme-directory URL: the CA (default Let's Encrypt production) */
     char acme_ca[4096];      /* --acme-ca FILE: extra CA bundle for the CA's HTTPS API ("" = none) */
     char acme_email[320];    /* --acme-email ADDR: account contact ("" = none) */
+    unsigned acme_challenges; /* --acme-challenges LIST: ACME_CHALLENGE_* bits (default both) */
+    int acme_backoff_s;      /* --acme-backoff SECONDS: first retry after a failed order (60) */
 };
 
 #define CLI_ACME_DIRECTORY "https://acme-v02.api.letsencrypt.org/directory"

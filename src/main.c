@@ -1,5 +1,6 @@
 /* main.c — entry point: subcommands or the server; flags, mode, wiring of
  * the modules, exit status. Fatal errors happen only here, at startup. */
+#include "acme.h"
 #include "certs.h"
 #include "cli.h"
 #include "cmd.h"
@@ -67,9 +68,45 @@ static int load_routes(const struct config *cfg)
     return 0;
 }
 
+/* Release mode: HTTPS always, certificates from the ACME CA. */
+static int setup_acme(struct server *s, char *err, size_t errlen)
+{
+    const struct config *cfg = &s->cfg;
+    struct acme_options o = {
+        .directory_url = cfg->acme_directory,
+        .ca_file = cfg->acme_ca[0] ? cfg->acme_ca : NULL,
+        .email = cfg->acme_email,
+        .certs_dir = cfg->certs_dir,
+        .challenges = cfg->acme_challenges,
+    };
+
+    if (certs_init_acme(cfg->certs_dir, &o, cfg->acme_backoff_s, err, errlen) < 0)
+        return -1;
+    if (tls_init(err, errlen) < 0)
+        return -1;
+    s->https = true;
+    log_info("HTTPS with certificates from %s (ACME), kept in %s", cfg->acme_directory,
+             cfg->certs_dir);
+    return 0;
+}
+
+/* cmd hook: a new route gets its certificate at once, not at the first visit. */
+static void on_route_added(const char *domain, void *arg)
+{
+    certs_request(domain, strlen(domain));
+}
+
+static void request_cert(const char *name, uint16_t port, void *arg)
+{
+    certs_request(name, strlen(name));
+}
+
 static int setup_https(struct server *s, char *err, size_t errlen)
 {
     char mkcert[PATH_MAX];
+
+    if (s->cfg.release)
+        return setup_acme(s, err, errlen);
 
     if (mkcert_find(mkcert, sizeof mkcert) < 0) {
         log_info("mkcert not found on PATH: serving plain HTTP only (install mkcert for local HTTPS)");
@@ -113,9 +150,6 @@ static int run_server(struct server *s)
     int http_fd, https_fd = -1, udp_fd;
 
     log_set_access(cfg->access_log);
-    if (cfg->release)
-        return fail("release mode (Let's Encrypt) is not implemented yet; run with --local "
-                    "(or build with plain `make`)");
     if (maybe_detach(cfg, err, sizeof err) < 0 || setup_logging(cfg, err, sizeof err) < 0)
         return fail(err);
     instance_block_signals();
@@ -141,6 +175,11 @@ static int run_server(struct server *s)
     if (!s->loop)
         return fail("cannot create the main event loop");
     struct cmd_hooks hooks = { .on_shutdown = begin_shutdown, .arg = s };
+    if (cfg->release) {
+        hooks.on_route_added = on_route_added;
+        /* Every route's certificate: loaded from disk, or ordered now. */
+        routes_foreach(routes_current(), request_cert, NULL);
+    }
     s->cmd = cmd_server_start(s->loop, udp_fd, cfg->routes_path, &hooks);
     if (!s->cmd)
         return fail("cannot start the UDP command channel");
@@ -153,8 +192,9 @@ static int run_server(struct server *s)
         snprintf(https_desc, sizeof https_desc, "https port %d", cfg->https_port);
     else
         snprintf(https_desc, sizeof https_desc, "no HTTPS");
-    log_info("core_server %s (local mode) ready: http port %d, %s, commands on UDP port %d, "
-             "%d worker(s)", CORE_VERSION, cfg->http_port, https_desc, cfg->udp_port, cfg->workers);
+    log_info("core_server %s (%s mode) ready: http port %d, %s, commands on UDP port %d, "
+             "%d worker(s)", CORE_VERSION, cfg->release ? "release" : "local", cfg->http_port,
+             https_desc, cfg->udp_port, cfg->workers);
     instance_daemonize_ready();   /* ports bound: the waiting parent exits 0 */
     loop_run(s->loop);
 
