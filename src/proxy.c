@@ -741,7 +741,8 @@ static void send_https_redirect(struct client *cl, const struct http1_request *r
 
 /* ACME http-01 (RFC 8555 8.3): the CA fetches
  * /.well-known/acme-challenge/TOKEN over plain HTTP and expects the key
- * authorization. Answered here, never redirected. Returns true if answered. */
+ * authorization. Answered here (404 for an unknown token), never
+ * redirected. Returns true if answered. */
 static bool answer_http01(struct client *cl, const struct http1_request *req)
 {
     static const char prefix[] = "/.well-known/acme-challenge/";
@@ -751,8 +752,11 @@ static bool answer_http01(struct client *cl, const struct http1_request *req)
 
     if (t.len <= plen || memcmp(t.base, prefix, plen) != 0)
         return false;
-    if (challenge_http_lookup(t.base + plen, t.len - plen, keyauth, sizeof keyauth) < 0)
-        return false;
+    if (challenge_http_lookup(t.base + plen, t.len - plen, keyauth, sizeof keyauth) < 0) {
+        /* Not a token of ours: 404, never a redirect (as Go's autocert). */
+        send_generated(cl, 404, "Not Found", false, NULL);
+        return true;
+    }
     log_info("acme: answered http-01 challenge for %s", cl->ex->host);
     send_generated(cl, 200, keyauth, false, NULL);
     return true;
