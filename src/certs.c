@@ -607,7 +607,10 @@ static long record_failure(const char *name, size_t len, const char *err, long r
         delay = retry_after;
     r->last_fail = now;
     r->next_attempt = now + delay;
-    snprintf(r->last_err, sizeof r->last_err, "%s", err);
+    /* Truncated on purpose: the record keeps the start of a long CA error. */
+    size_t n = strnlen(err, sizeof r->last_err - 1);
+    memcpy(r->last_err, err, n);
+    r->last_err[n] = '\0';
     for (char *p = r->last_err; *p; p++)
         if (*p == '\n' || *p == '\r')
             *p = ' ';   /* one line in the record file and in the status reply */
