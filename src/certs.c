@@ -3,6 +3,7 @@
  * CERTS_DIR, by running mkcert, or from an ACME CA (with renewal and
  * per-domain backoff), and tells the worker loops when done. */
 #include "certs.h"
+#include "file.h"
 #include "acme.h"
 #include "domain.h"
 #include "jws.h"
@@ -995,20 +996,8 @@ static int make_dir(const char *path, char *err, size_t errlen)
         set_err(err, errlen, "certs dir %s: path too long", path);
         return -1;
     }
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) < 0 && errno != EEXIST) {
-            set_err(err, errlen, "creating %s: %s", buf, strerror(errno));
-            return -1;
-        }
-        *p = '/';
-    }
-    if (mkdir(buf, 0700) < 0 && errno != EEXIST) {
-        set_err(err, errlen, "creating certs dir %s: %s", buf, strerror(errno));
+    if (file_mkdirs(buf, 0755, 0700, err, errlen) < 0)
         return -1;
-    }
     if (stat(buf, &st) < 0 || !S_ISDIR(st.st_mode)) {
         set_err(err, errlen, "certs dir %s: not a directory", buf);
         return -1;

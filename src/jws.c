@@ -1,6 +1,7 @@
 /* jws.c — base64url, P-256 keys, JWK thumbprints, ES256 JWS and CSRs for the
  * ACME client (see jws.h). */
 #include "jws.h"
+#include "file.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -177,73 +178,19 @@ int jws_key_save(const char *path, EVP_PKEY *key, char *err, size_t errlen)
     return rc;
 }
 
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 int jws_write_file_atomic(const char *path, const void *data, size_t len,
                           char *err, size_t errlen)
 {
-    char tmp[4096], dir[4096];
-    int fd = -1, rc = -1;
+    char tmp[4096];
 
-    /* pid and thread id: two writers of one path never share a temp file. */
+    /* pid and thread id: two writers of one path (an old and a new instance
+     * during a takeover) never share a temp file. */
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%ld", path, (long)getpid(), (long)gettid()) >=
         (int)sizeof tmp) {
         snprintf(err, errlen, "%s: path too long", path);
         return -1;
     }
-    /* 0600 from the start (keys): never a moment with wider permissions. */
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        snprintf(err, errlen, "create %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    if (write_all(fd, data, len) < 0) {
-        snprintf(err, errlen, "write %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    /* fsync before rename: otherwise a crash can leave path naming an empty
-     * file (ext4 delayed allocation). */
-    if (fsync(fd) < 0) {
-        snprintf(err, errlen, "fsync %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        snprintf(err, errlen, "close %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        snprintf(err, errlen, "rename %s to %s: %s", tmp, path, strerror(errno));
-        goto out;
-    }
-    rc = 0;
-    /* fsync of the directory makes the rename itself durable. A failure
-     * here leaves a complete file in place, so it is not an error. */
-    snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-out:
-    if (fd >= 0)
-        close(fd);
-    if (rc < 0)
-        unlink(tmp);
-    return rc;
+    return file_write_atomic(path, tmp, data, len, 0600, err, errlen);
 }
 
 /* ---------------------------------------------------------------- JWK */

@@ -10,6 +10,7 @@
  * 2 KB, and the few worker threads rarely meet there. A full queue drops the
  * line and counts it: the request path never waits for the disk. */
 #include "log.h"
+#include "file.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -159,19 +160,17 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 /* Creates every missing directory above path ("logs/core.log" -> "logs"). */
 static int make_parents(const char *path, char *err, size_t errlen)
 {
-    char dir[PATH_MAX];
+    char dir[PATH_MAX], cause[PATH_MAX + 64];
+    char *slash;
 
     snprintf(dir, sizeof dir, "%s", path);
-    for (char *p = dir + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-            snprintf(err, errlen, "create log directory %s: %s (use --log-file PATH in a "
-                     "writable directory)", dir, strerror(errno));
-            return -1;
-        }
-        *p = '/';
+    slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return 0;
+    *slash = '\0';
+    if (file_mkdirs(dir, 0755, 0755, cause, sizeof cause) < 0) {
+        snprintf(err, errlen, "%s (use --log-file PATH in a writable directory)", cause);
+        return -1;
     }
     return 0;
 }

@@ -3,6 +3,7 @@
  * arena; published as immutable snapshots through an atomic pointer and
  * retired through QSBR. Also the routes file: tolerant loader, atomic save. */
 #include "routes.h"
+#include "file.h"
 #include "domain.h"
 #include "log.h"
 #include "mem.h"
@@ -426,31 +427,6 @@ struct routes *routes_load_file(const char *path, char *err, size_t errlen)
 
 /* ---- the routes file: atomic save ---- */
 
-/* mkdir -p dir with mode 0755. */
-static int make_dirs(const char *dir, char *err, size_t errlen)
-{
-    char *tmp = xstrdup(dir);
-    int rc = -1;
-
-    for (char *p = tmp + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char c = *p;
-        *p = '\0';
-        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) {
-            snprintf(err, errlen, "create directory %s: %s", tmp, strerror(errno));
-            goto out;
-        }
-        *p = c;
-        if (c == '\0')
-            break;
-    }
-    rc = 0;
-out:
-    free(tmp);
-    return rc;
-}
-
 /* The file's whole text, "DOMAIN PORT\n" per route, sorted by domain. */
 static char *format_routes(const struct routes *r, size_t *out_len)
 {
@@ -468,86 +444,24 @@ static char *format_routes(const struct routes *r, size_t *out_len)
     return buf;
 }
 
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* fsync of the directory makes the rename itself durable (ext4, xfs). */
-static void sync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-    if (fd < 0 || fsync(fd) < 0)
-        log_warn("fsync of directory %s: %s (the routes file was replaced; "
-                 "a power loss now may bring back the previous version)", dir, strerror(errno));
-    if (fd >= 0)
-        close(fd);
-}
-
 int routes_save_file(const struct routes *r, const char *path, char *err, size_t errlen)
 {
-    size_t plen = strlen(path), len;
-    char *tmp = xmalloc(plen + 5), *dir = xstrdup(path), *text = NULL;
+    size_t len;
+    char *tmp = xmalloc(strlen(path) + 5), *dir = xstrdup(path), *text;
     char *slash = strrchr(dir, '/');
-    int fd = -1, rc = -1;
+    int rc = -1;
 
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-    if (!slash)
-        strcpy(dir, ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
+    sprintf(tmp, "%s.tmp", path);   /* one writer: the command thread */
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
         *slash = '\0';
-
-    if (make_dirs(dir, err, errlen) < 0)
+    if (slash && file_mkdirs(dir, 0755, 0755, err, errlen) < 0)
         goto out;
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        snprintf(err, errlen, "create %s: %s", tmp, strerror(errno));
-        goto out;
-    }
     text = format_routes(r, &len);
-    if (write_all(fd, text, len) < 0) {
-        snprintf(err, errlen, "write %s: %s", tmp, strerror(errno));
-        goto fail_unlink;
-    }
-    /* fsync before rename: otherwise a crash can leave the new name pointing
-     * at an empty file (delayed allocation). */
-    if (fsync(fd) < 0) {
-        snprintf(err, errlen, "fsync %s: %s", tmp, strerror(errno));
-        goto fail_unlink;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        snprintf(err, errlen, "close %s: %s", tmp, strerror(errno));
-        goto fail_unlink;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        snprintf(err, errlen, "rename %s to %s: %s", tmp, path, strerror(errno));
-        goto fail_unlink;
-    }
-    sync_dir(dir);
-    rc = 0;
-    goto out;
-
-fail_unlink:
-    unlink(tmp);
-out:
-    if (fd >= 0)
-        close(fd);
+    rc = file_write_atomic(path, tmp, text, len, 0644, err, errlen);
     free(text);
+out:
     free(dir);
     free(tmp);
     return rc;
