@@ -16,7 +16,7 @@ CASES = {
     "e": "(e) new TLS connection per request",
     "f": "(f) HTTP/2 over TLS (h2load)",
 }
-ORDER = ["backend", "nginx", "haproxy", "caddy", "core_server", "core_server_rsa"]
+ORDER = ["backend", "nginx", "haproxy", "caddy", "core_server", "core_server_100k", "core_server_rsa"]
 LABEL = {
     "backend": "backend alone (ceiling)",
     "nginx": "nginx",
@@ -24,6 +24,7 @@ LABEL = {
     "caddy": "Caddy",
     "core_server": "core_server",
     "core_server_rsa": "core_server, own mkcert cert (RSA-2048)",
+    "core_server_100k": "core_server, 100,000 routes",
 }
 
 

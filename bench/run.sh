@@ -44,7 +44,11 @@ ROUNDS=${BENCH_ROUNDS:-3}
 CONNS=${BENCH_CONNS:-50}
 IDLE_N=${BENCH_IDLE_CONNS:-10000}
 UDP_N=${BENCH_UDP_ADDS:-10000}
-CORE_RSA=${BENCH_CORE_RSA:-1}
+# core_server's own mkcert certificates are ECDSA P-256 since 2026-11-25 (they
+# were RSA-2048): the extra "own certificate" rows are off by default.
+CORE_RSA=${BENCH_CORE_RSA:-0}
+# (a) is also run against a core_server holding this many routes (0: not).
+MANY_ROUTES=${BENCH_MANY_ROUTES:-100000}
 PROXY_CPU=0
 LOAD_CPU=1
 HOST=localhost          # resolves to 127.0.0.1 from /etc/hosts; the SNI and Host name
@@ -133,6 +137,14 @@ CORERSA_PORT=${PORTS[10]}; CORERSA_TLS_PORT=${PORTS[11]}
 CORE_UDP=${PORTS[16]}; CORERSA_UDP=${PORTS[17]}; COREH_UDP=${PORTS[18]}
 COREH_PORT=${PORTS[12]}; COREH_TLS_PORT=${PORTS[13]}
 CORETLS_PORT=${PORTS[14]}; CORETLS_UDP=${PORTS[15]}
+read -r CORE100K_PORT CORE100K_TLS_PORT CORE100K_UDP <<<"$($PY - <<'EOF2'
+import socket
+socks, ports = [], []
+for kind in (socket.SOCK_STREAM, socket.SOCK_STREAM, socket.SOCK_DGRAM):
+    s = socket.socket(socket.AF_INET, kind); s.bind(("127.0.0.1", 0)); socks.append(s); ports.append(s.getsockname()[1])
+print(" ".join(map(str, ports)))
+EOF2
+)"
 
 # core_server in local mode serves HTTPS only when mkcert is on its PATH, and
 # then answers plain HTTP with a 307 to HTTPS. So it runs as two processes
@@ -140,10 +152,10 @@ CORETLS_PORT=${PORTS[14]}; CORETLS_UDP=${PORTS[15]}
 # the plain cases, "core_server_tls" with it for the TLS cases.
 declare -A PLAIN=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
                   [caddy]=$CADDY_PORT [core_server]=$CORE_PORT [core_server_tls]=$CORETLS_PORT
-                  [core_server_rsa]=$CORERSA_PORT)
+                  [core_server_rsa]=$CORERSA_PORT [core_server_100k]=$CORE100K_PORT)
 declare -A TLS=([backend]=$BACKEND_TLS_PORT [nginx]=$NGINX_TLS_PORT [haproxy]=$HAPROXY_TLS_PORT
                 [caddy]=$CADDY_TLS_PORT [core_server]= [core_server_tls]=$CORE_TLS_PORT
-                [core_server_rsa]=$CORERSA_TLS_PORT)
+                [core_server_rsa]=$CORERSA_TLS_PORT [core_server_100k]=)
 proc_of() {   # proc_of CASE TARGET: the process that serves TARGET in CASE
     case $1-$2 in
     [def]-core_server) echo core_server_tls ;;
@@ -234,6 +246,25 @@ start_target() {   # start_target NAME: starts it (pinned) and records PID[NAME]
             --udp-port "$CORETLS_UDP" --config-dir "$T/core_tls/conf" --certs-dir "$T/core_tls/certs" \
             --workers 1 --no-access-log >"$T/core_tls/out.log" 2>&1 &
         p=$! ;;
+    core_server_100k)  # plain HTTP, MANY_ROUTES routes in its routes file: lookup cost and start-up
+        mkdir -p "$T/core100k/conf" "$T/core100k/certs"
+        $PY -c "import sys; n=int(sys.argv[1]); sys.stdout.write(''.join('r%06d.bench.test %d\n' % (i, 1024 + i % 60000) for i in range(n)))" \
+            "$MANY_ROUTES" >"$T/core100k/conf/forward_targets.txt"
+        echo "$HOST $BACKEND_PORT" >>"$T/core100k/conf/forward_targets.txt"
+        local t0 t1
+        t0=$(date +%s.%N)
+        taskset -c "$PROXY_CPU" env PATH="$T/core/nobin" "$CORE" --http-port "$CORE100K_PORT" \
+            --https-port "$CORE100K_TLS_PORT" --udp-port "$CORE100K_UDP" --config-dir "$T/core100k/conf" \
+            --certs-dir "$T/core100k/certs" --workers 1 --no-access-log >"$T/core100k/out.log" 2>&1 &
+        p=$!
+        # Start-up: until the command port answers, which is after the routes are loaded.
+        for _ in $(seq 400); do
+            "$CORE" status "$HOST" --udp-port "$CORE100K_UDP" >/dev/null 2>&1 && break
+            sleep 0.005
+        done
+        t1=$(date +%s.%N)
+        NOTES+=("core_server start-up with $MANY_ROUTES routes in its routes file: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') s until the command port answered (routes loaded)")
+        ;;
     core_server_rsa)
         taskset -c "$PROXY_CPU" "$CORE" --http-port "$CORERSA_PORT" --https-port "$CORERSA_TLS_PORT" \
             --udp-port "$CORERSA_UDP" --config-dir "$T/core_rsa/conf" --certs-dir "$T/core_rsa/certs" \
@@ -296,10 +327,11 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "tmp dir $T; load average $LOAD_BEFORE"
 PROCS=(backend nginx haproxy caddy core_server core_server_tls)
 [ "$CORE_RSA" = 1 ] && PROCS+=(core_server_rsa)
+[ "$MANY_ROUTES" -gt 0 ] && PROCS+=(core_server_100k)
+NOTES=()
 for n in "${PROCS[@]}"; do start_target "$n"; done
 
 # Sanity: every target answers 200 through the proxy, on HTTP and HTTPS.
-NOTES=()
 for n in "${PROCS[@]}"; do
     case $n in core_server_tls|core_server_rsa) ;; *)
         code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:${PLAIN[$n]}/") || true
@@ -411,6 +443,7 @@ targets_for() {   # targets_for CASE ROUND: the targets of a case, rotated by ro
         list+=("$n")
     done
     if [ "$CORE_RSA" = 1 ] && { [ "$c" = d ] || [ "$c" = e ]; }; then list+=(core_server_rsa); fi
+    if [ "$MANY_ROUTES" -gt 0 ] && [ "$c" = a ]; then list+=(core_server_100k); fi
     [ "${#list[@]}" -gt 0 ] || return 0
     local k=$(( (r - 1) % ${#list[@]} ))
     echo "${list[@]:k}" "${list[@]:0:k}"
