@@ -61,6 +61,8 @@ T0=$(date +%s)
 
 # ---------------------------------------------------------------- packages
 install_missing() {
+    # core_server's own build dependencies come from the project's installer
+    bash "$ROOT/tests/install-deps.sh" build >&2
     local want=(nginx haproxy caddy wrk nghttp2-client mkcert util-linux procps curl openssl
                 python3 gcc libc6-dev libssl-dev make pkg-config)
     local missing=() p
