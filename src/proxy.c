@@ -667,8 +667,10 @@ static void on_client_event(struct loop *l, struct loop_fd *h, uint32_t ev)
 
     if (cl->dead)
         return;
-    if (ev & LOOP_READ)
+    if (ev & LOOP_READ) {
         cl->rd_ready = true;
+        transport_note_readable(&cl->tr);
+    }
     if (ev & LOOP_RDHUP)
         cl->hup = true;
     if (ev & LOOP_WRITE)
@@ -900,9 +902,10 @@ static bool read_client(struct client *cl)
         cl->rd_eof = true;
         return true;
     }
-    /* A short read drained the socket: the next arrival is a new edge. Not
-     * so when the peer's FIN is already queued (its edge has been seen). */
-    if (!cl->tls && !cl->hup && (uint32_t)n < room)
+    /* A short read drained the socket (and, for TLS, OpenSSL's buffers):
+     * the next arrival is a new edge. Not so when the peer's FIN is already
+     * queued (its edge has been seen). */
+    if (!cl->hup && transport_read_drained(&cl->tr, (size_t)n, room))
         cl->rd_ready = false;
     cl->in->end += (uint32_t)n;
     if (cl->state == C_EXCHANGE || cl->state == C_TUNNEL)

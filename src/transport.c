@@ -10,11 +10,35 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Watches the socket BIO's reads: a read that got less than it asked for
+ * (or nothing) found the socket empty. With read-ahead, OpenSSL asks for
+ * as much as its record buffer holds, so that is the signal that every byte
+ * the peer had sent by then is in OpenSSL's hands. */
+static long watch_socket_reads(BIO *b, int oper, const char *argp, size_t len, int argi,
+                               long argl, int ret, size_t *processed)
+{
+    (void)argp;
+    (void)argi;
+    (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+        struct transport *t = (struct transport *)BIO_get_callback_arg(b);
+        t->sock_short = ret <= 0 || (processed && *processed < len);
+    }
+    return ret;
+}
+
 int transport_start_tls(struct transport *t)
 {
     t->ssl = tls_new_server(t->fd);
     if (!t->ssl)
         return -1;
+    /* Read-ahead: one read(2) per burst of records instead of one for each
+     * record header and one for its body. */
+    SSL_set_read_ahead(t->ssl, 1);
+    t->sock_short = false;
+    BIO *rb = SSL_get_rbio(t->ssl);
+    BIO_set_callback_arg(rb, (char *)t);
+    BIO_set_callback_ex(rb, watch_socket_reads);
     /* Partial writes and moving buffers: the proxy writes from ring-less
      * buffers that compact between retries. RELEASE_BUFFERS: an idle TLS
      * keep-alive connection should not hold 2 x 16 KiB of record buffers.
@@ -104,6 +128,13 @@ ssize_t transport_read(struct transport *t, void *buf, size_t len)
     if (r == 1)
         return (ssize_t)got;
     return ssl_result(t, r);
+}
+
+bool transport_read_drained(const struct transport *t, size_t got, size_t asked)
+{
+    if (!t->ssl)
+        return got < asked;
+    return t->sock_short && got < asked && !SSL_has_pending(t->ssl);
 }
 
 ssize_t transport_writev(struct transport *t, const struct iovec *iov, int iovcnt)

@@ -18,6 +18,9 @@ struct transport {
     int fd;
     SSL *ssl;          /* NULL for plain TCP */
     const char *err;   /* after TRANSPORT_ERROR: short cause for the log */
+    /* TLS: the last socket read returned fewer bytes than asked (the socket
+     * was empty then), kept up to date by a BIO callback. */
+    bool sock_short;
 };
 
 /* Starts TLS on t (server side). Returns 0 or -1. */
@@ -29,6 +32,15 @@ bool transport_handshake_done(const struct transport *t);
 
 /* Bytes read (>0), 0 at end of stream, TRANSPORT_AGAIN or TRANSPORT_ERROR. */
 ssize_t transport_read(struct transport *t, void *buf, size_t len);
+/* After a read that returned fewer than `asked` bytes (> 0): true when no
+ * byte is left anywhere (socket or TLS buffers), so an edge-triggered
+ * caller may wait for the next readiness event instead of reading again
+ * only to get TRANSPORT_AGAIN. */
+bool transport_read_drained(const struct transport *t, size_t got, size_t asked);
+/* Call on every read-readiness event: bytes may have arrived since the last
+ * short socket read, so OpenSSL must go back to the socket before the
+ * connection can count as drained. */
+static inline void transport_note_readable(struct transport *t) { t->sock_short = false; }
 /* Bytes written (>0), TRANSPORT_AGAIN or TRANSPORT_ERROR. */
 ssize_t transport_writev(struct transport *t, const struct iovec *iov, int iovcnt);
 /* Ends our side of the stream (TLS close_notify, then TCP FIN). */

@@ -251,3 +251,67 @@ def test_https_keepalive_and_post(https_server):
             assert rec["body_length"] == 100000 * (i + 1)
             ids.append(rec["conn_id"])
         assert len(set(ids)) == 1
+
+
+# The TLS read path reads ahead (one read(2) for many records) and stops
+# reading when the socket and OpenSSL's buffers are both empty. These cases
+# would hang (a missed edge) or lose requests if either were wrong.
+
+def _tls_conn(s):
+    from helpers import HTTPConn
+    t = tls_connect(s.https_port, "app.test", cafile=os.path.join(s.caroot, "rootCA.pem"))
+    return HTTPConn(s.https_port, sock=t, timeout=15)
+
+
+def test_https_pipelined_requests_in_one_write(https_server):
+    from helpers import build_request
+    with _tls_conn(https_server) as c:
+        c.send(b"".join(build_request("GET", f"/p/{i}", "app.test") for i in range(20)))
+        for i in range(20):
+            r = c.read_response()
+            assert r.status == 200
+            assert r.json()["target"] == f"/p/{i}"
+
+
+def test_https_pipelined_burst_larger_than_the_buffers(https_server):
+    """About 400 KiB of pipelined requests: more than the proxy's 16 KiB
+    input buffer and OpenSSL's record buffer, so reading stops and resumes
+    with bytes still held by OpenSSL and by the socket."""
+    from helpers import build_request
+    pad = "y" * 3000
+    n = 130
+    with _tls_conn(https_server) as c:
+        c.send(b"".join(build_request("GET", f"/burst/{i}", "app.test", headers=[("X-Pad", pad)])
+                        for i in range(n)))
+        for i in range(n):
+            r = c.read_response()
+            assert r.status == 200, i
+            assert r.json()["target"] == f"/burst/{i}"
+
+
+def test_https_request_trickled_in_many_records(https_server):
+    from helpers import build_request
+    req = build_request("POST", "/trickle", "app.test", body=b"0123456789" * 50)
+    with _tls_conn(https_server) as c:
+        for k in range(0, len(req), 37):
+            c.send(req[k:k + 37])     # each its own TLS record
+            time.sleep(0.005)
+        r = c.read_response()
+        assert r.status == 200
+        assert r.json()["body"] == "0123456789" * 50
+        # and the connection still serves the next request
+        r = c.request("GET", "/after", "app.test")
+        assert r.json()["target"] == "/after"
+
+
+def test_https_upload_then_request_in_the_same_burst(https_server):
+    from helpers import build_request
+    body = os.urandom(300000)
+    with _tls_conn(https_server) as c:
+        c.send(build_request("PUT", "/up", "app.test", body=body) + build_request("GET", "/next", "app.test"))
+        r = c.read_response()
+        assert r.status == 200
+        import zlib
+        assert r.json()["body_crc"] == zlib.crc32(body)
+        r = c.read_response()
+        assert r.json()["target"] == "/next"
