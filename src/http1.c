@@ -537,6 +537,41 @@ static int finish_head(struct head *h)
     return 0;
 }
 
+/* RFC 9112 3.2.2: with an absolute-form target the URI's authority is the
+ * host, whatever the Host header says; the backend gets the origin form. */
+static int apply_target_form(struct head *h, struct http1_request *req)
+{
+    static const char root[] = "/";
+    struct http1_slice t = req->target;
+    size_t skip;
+
+    req->path = t;
+    req->absolute_form = false;
+    if (t.len >= 7 && eq_lower(t.base, "http://", 7))
+        skip = 7;
+    else if (t.len >= 8 && eq_lower(t.base, "https://", 8))
+        skip = 8;
+    else
+        return 0;
+    const char *a = t.base + skip, *end = t.base + t.len, *p = a;
+    while (p < end && *p != '/' && *p != '?' && *p != '#')
+        p++;
+    if (p == a)
+        return fail(h, "absolute-form target without a host");
+    if (memchr(a, '@', (size_t)(p - a)))
+        return fail(h, "absolute-form target with userinfo");
+    req->absolute_form = true;
+    req->info.host = (struct http1_slice){ a, (size_t)(p - a) };
+    if (p == end || *p != '/') {
+        /* "http://host" or "http://host?q": the path is "/" (RFC 9112 3.2.1);
+         * a query without a path is rare enough to drop to "/". */
+        req->path = (struct http1_slice){ root, 1 };
+    } else {
+        req->path = (struct http1_slice){ p, (size_t)(end - p) };
+    }
+    return 0;
+}
+
 int http1_parse_request(const char *buf, size_t len, size_t max_head, size_t max_line,
                         struct http1_request *req)
 {
@@ -558,6 +593,8 @@ int http1_parse_request(const char *buf, size_t len, size_t max_head, size_t max
     }
     if (r == 0)
         r = finish_head(&h);
+    if (r == 0)
+        r = apply_target_form(&h, req);
     if (r == HTTP1_ERROR) {
         req->error_status = h.status;
         req->error = h.err;
@@ -902,11 +939,20 @@ ssize_t http1_write_request_head(const struct http1_request *req, const struct h
 
     put_slice(&o, req->method);
     PUT_LIT(&o, " ");
-    put_slice(&o, req->target);
+    put_slice(&o, req->path);
     PUT_LIT(&o, " HTTP/1.1\r\n");
-    for (size_t i = 0; i < req->num_headers; i++)
-        if (header_forwarded(&req->headers[i], F_HOP | F_FORWARDED, upgrade, &cn))
-            put_header(&o, &req->headers[i]);
+    if (req->absolute_form) {
+        PUT_LIT(&o, "Host: ");
+        put_slice(&o, req->info.host);
+        PUT_LIT(&o, "\r\n");
+    }
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http1_header *f = &req->headers[i];
+        if (req->absolute_form && hdr_lookup(f->name) == H_HOST)
+            continue;
+        if (header_forwarded(f, F_HOP | F_FORWARDED, upgrade, &cn))
+            put_header(&o, f);
+    }
     if (upgrade)
         PUT_LIT(&o, "Connection: upgrade\r\n");
     put_forwarded_for(&o, req, &cn, fwd->client_addr);

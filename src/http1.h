@@ -38,7 +38,13 @@ struct http1_info {
 
 struct http1_request {
     struct http1_slice method;
-    struct http1_slice target;
+    struct http1_slice target;      /* as received */
+    /* The target in origin form: `target` itself, or for an absolute-form
+     * target ("http://host/path?q") its path and query, "/" when it has
+     * none. With an absolute-form target, info.host is the URI's authority,
+     * not the Host header (RFC 9112 3.2.2). */
+    struct http1_slice path;
+    bool absolute_form;
     int minor_version;          /* 0 or 1 */
     size_t num_headers;
     struct http1_header headers[HTTP1_MAX_HEADERS];
@@ -76,7 +82,9 @@ struct http1_response {
  * ending in "chunked", "chunked" anywhere but last or with parameters,
  * Transfer-Encoding in HTTP/1.0, a version other than HTTP/1.0 or 1.1, more
  * than one Host, HTTP/1.1 without Host. Empty lines before the request line
- * are skipped (RFC 9112 2.2). */
+ * are skipped (RFC 9112 2.2). An absolute-form target (scheme http or
+ * https) sets `path` and info.host from the URI; one with an empty authority
+ * or userinfo ("user@host") is 400. */
 int http1_parse_request(const char *buf, size_t len, size_t max_head, size_t max_line,
                         struct http1_request *req);
 
@@ -121,7 +129,9 @@ struct http1_forward {
 };
 
 /* Writes the request head for the backend into out[0..cap): the request
- * line as received (HTTP/1.1 towards the backend), every end-to-end header
+ * line with the target in origin form (`path`; HTTP/1.1 towards the
+ * backend), for an absolute-form target "Host: <the URI's authority>" in
+ * place of the received Host header, every end-to-end header
  * unchanged and in order as "Name: value\r\n" (Host included), without the
  * hop-by-hop headers (Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
  * Upgrade, Proxy-Authenticate, Proxy-Authorization and any named in
@@ -132,7 +142,7 @@ struct http1_forward {
  * upgrade; X-Forwarded-For with the client's non-empty values joined by ", "
  * and the client address appended (one combined header; the client's values
  * are dropped when Connection names X-Forwarded-For); X-Forwarded-Proto;
- * X-Forwarded-Host with the Host value (only when there is a Host). Client
+ * X-Forwarded-Host with info.host (only when there is one). Client
  * X-Forwarded-* headers are replaced, never passed on. Returns the length,
  * or -1 when it does not fit. */
 ssize_t http1_write_request_head(const struct http1_request *req, const struct http1_forward *fwd,

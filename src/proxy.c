@@ -731,7 +731,7 @@ static void send_https_redirect(struct client *cl, const struct http1_request *r
 {
     char loc[DOMAIN_MAX + 600];
     const struct config *cfg = cl->w->cfg;
-    struct http1_slice t = req->target;
+    struct http1_slice t = req->path;
     int tl = (int)(t.len > 512 ? 512 : t.len);
 
     if (cfg->https_port == 443)
@@ -750,7 +750,7 @@ static bool answer_http01(struct client *cl, const struct http1_request *req)
     static const char prefix[] = "/.well-known/acme-challenge/";
     const size_t plen = sizeof prefix - 1;
     char keyauth[512];
-    struct http1_slice t = req->target;
+    struct http1_slice t = req->path;
 
     if (t.len <= plen || memcmp(t.base, prefix, plen) != 0)
         return false;

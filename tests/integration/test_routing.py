@@ -108,6 +108,30 @@ def test_unknown_host_gets_404_domain_not_recognized(server, backend):
     assert backend.records == []
 
 
+def test_absolute_form_target_is_routed_by_its_host(server, backend, backend2):
+    """RFC 9112 3.2.2: the URI's authority wins over the Host header; the
+    backend gets the origin form and that authority as its Host."""
+    server.add("app.test", backend.port)
+    server.add("other.test", backend2.port)
+    with HTTPConn(server.http_port) as c:
+        c.send(b"GET http://App.test/x/y?z=1 HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200, r
+        assert r.header("X-Backend") == "b1"
+        rec = r.json()
+        assert rec["target"] == "/x/y?z=1"
+        assert hdr(rec, "Host") == ["App.test"]
+        assert hdr(rec, "X-Forwarded-Host") == ["App.test"]
+        # an unregistered URI host is 404 even when the Host header is routed
+        c.send(b"GET http://nope.test/ HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 404
+        assert r.body == b"Domain Not Recognized"
+    with HTTPConn(server.http_port) as c:
+        c.send(b"GET http://user@app.test/ HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert c.read_response().status == 400
+
+
 def test_http10_without_host_gets_404(server, backend):
     server.add("app.test", backend.port)
     with HTTPConn(server.http_port) as c:

@@ -757,6 +757,69 @@ static void check_response_rewrite(const char *in, size_t n, bool close, int cli
     CHECK_STR(out, want);
 }
 
+/* ---- Absolute-form targets (RFC 9112 3.2.2) ---------------------------------------- */
+
+static void test_absolute_form_host_comes_from_the_uri(void)
+{
+    struct http1_request req;
+    CHECK(parse_req(LIT("GET http://App.Example:8080/a/b?c=d HTTP/1.1\r\nHost: other.test\r\n\r\n"), &req) > 0);
+    CHECK(req.absolute_form);
+    CHECK(slice_is(req.info.host, "App.Example:8080"));
+    CHECK(slice_is(req.path, "/a/b?c=d"));
+    CHECK(slice_is(req.target, "http://App.Example:8080/a/b?c=d"));
+}
+
+static void test_absolute_form_https_and_upper_case_scheme(void)
+{
+    struct http1_request req;
+    CHECK(parse_req(LIT("GET HTTPS://a.test HTTP/1.1\r\nHost: a.test\r\n\r\n"), &req) > 0);
+    CHECK(req.absolute_form);
+    CHECK(slice_is(req.info.host, "a.test"));
+    CHECK(slice_is(req.path, "/"));
+    CHECK(parse_req(LIT("GET http://a.test?x=1 HTTP/1.1\r\nHost: a.test\r\n\r\n"), &req) > 0);
+    CHECK(slice_is(req.path, "/"));
+}
+
+static void test_origin_form_path_is_the_target(void)
+{
+    struct http1_request req;
+    CHECK(parse_req(LIT("GET /http://x HTTP/1.1\r\nHost: a\r\n\r\n"), &req) > 0);
+    CHECK(!req.absolute_form);
+    CHECK(slice_is(req.path, "/http://x"));
+    CHECK(slice_is(req.info.host, "a"));
+    CHECK(parse_req(LIT("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), &req) > 0);
+    CHECK(!req.absolute_form);
+    CHECK(slice_is(req.path, "*"));
+}
+
+static void test_absolute_form_without_host_or_with_userinfo_is_400(void)
+{
+    REJECT("GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400, "absolute-form target without a host");
+    REJECT("GET http:// HTTP/1.1\r\nHost: a\r\n\r\n", 400, "absolute-form target without a host");
+    REJECT("GET http://u:p@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", 400,
+           "absolute-form target with userinfo");
+    /* HTTP/1.1 still needs a Host header (RFC 9112 3.2). */
+    REJECT("GET http://a.test/ HTTP/1.1\r\n\r\n", 400, "HTTP/1.1 request without Host");
+}
+
+static void test_write_request_absolute_form_goes_out_in_origin_form(void)
+{
+    check_request_rewrite(LIT("GET http://a.test:81/p?q HTTP/1.1\r\nAccept: */*\r\nHost: b.test\r\n\r\n"),
+                          &fwd_http,
+                          "GET /p?q HTTP/1.1\r\n"
+                          "Host: a.test:81\r\n"
+                          "Accept: */*\r\n"
+                          "X-Forwarded-For: 203.0.113.7\r\n"
+                          "X-Forwarded-Proto: http\r\n"
+                          "X-Forwarded-Host: a.test:81\r\n"
+                          "\r\n");
+    /* HTTP/1.0 without a Host header gets one from the URI */
+    check_request_rewrite(LIT("GET http://a.test HTTP/1.0\r\n\r\n"), &fwd_http,
+                          "GET / HTTP/1.1\r\nHost: a.test\r\n"
+                          "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: http\r\n"
+                          "X-Forwarded-Host: a.test\r\n\r\n");
+}
+
 static void test_write_request_adds_forwarded_headers(void)
 {
     check_request_rewrite(LIT("GET /p?q HTTP/1.1\r\nHost: Example.com:8080\r\nAccept: */*\r\n\r\n"), &fwd_http,
@@ -1024,6 +1087,11 @@ int main(void)
     test_chunked_rejects_long_line();
     test_chunked_error_is_sticky();
 
+    test_absolute_form_host_comes_from_the_uri();
+    test_absolute_form_https_and_upper_case_scheme();
+    test_origin_form_path_is_the_target();
+    test_absolute_form_without_host_or_with_userinfo_is_400();
+    test_write_request_absolute_form_goes_out_in_origin_form();
     test_write_request_adds_forwarded_headers();
     test_write_request_appends_to_x_forwarded_for();
     test_write_request_combines_several_x_forwarded_for();
