@@ -24,6 +24,8 @@
 #       processes; VmRSS before/after from /proc)
 #   (h) a burst of 10,000 distinct `add`s over UDP   bench/udp_burst.py (core_server
 #       only; fresh instance with no routes each round)
+#   (i) release mode against pebble: add -> first HTTPS 200, and a request
+#       racing the add (core_server only; in the report's notes)
 # Figures: requests/s (MiB/s for (c)), p50/p99 latency, the proxy's CPU
 # seconds (utime+stime of its processes, /proc/PID/stat) per 100,000
 # requests over the measured run, peak RSS (VmHWM, reset before each run
@@ -31,9 +33,10 @@
 #
 # Knobs (environment): BENCH_DURATION (s per run, 5), BENCH_ROUNDS (3),
 # BENCH_CONNS (50), BENCH_IDLE_CONNS (10000), BENCH_UDP_ADDS (10000),
-# BENCH_CORE_RSA (1: also run (d)/(e) against a core_server that makes its
-# own certificate with mkcert, RSA-2048 by default), CORE_SERVER (a binary to
-# use instead of building ./core_server).
+# BENCH_ACME_ROUNDS (5: rounds of (i), 0 skips it), BENCH_MANY_ROUTES
+# (100000), BENCH_CORE_RSA (1: also run (d)/(e) against a core_server that
+# makes its own certificate with mkcert, RSA-2048; 0 by default),
+# CORE_SERVER (a binary to use instead of building ./core_server).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -64,7 +67,7 @@ install_missing() {
     # core_server's own build dependencies come from the project's installer
     bash "$ROOT/tests/install-deps.sh" build >&2
     local want=(nginx haproxy caddy wrk nghttp2-client mkcert util-linux procps curl openssl
-                python3 gcc libc6-dev libssl-dev make pkg-config)
+                python3 gcc libc6-dev libssl-dev make pkg-config pebble python3-pytest)
     local missing=() p
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -521,6 +524,31 @@ for r in $(seq "$ROUNDS"); do
         wait "$hp" 2>/dev/null || true
     done
 done
+
+# ---------------------------------------------------------------- (i) release mode: add -> first HTTPS
+# Issue 3's figures: against Debian's pebble (validation sleeps off, its
+# 5 % badNonce rejection on), the time from `add` to the first verified
+# HTTPS 200 for the new domain, and for a first request that races the add.
+# Taken by the release-mode integration test that prints them (it starts
+# pebble, its fake DNS and core_server --release on free loopback ports);
+# BENCH_ACME_ROUNDS times (0: skip).
+ACME_N=${BENCH_ACME_ROUNDS:-5}
+acme_add=(); acme_race=()
+for r in $(seq "$ACME_N"); do
+    out=$(cd "$ROOT/tests/integration" && CORE_SERVER_BIN="$CORE" $PY -m pytest -q -s -p no:cacheprovider \
+          test_release_acme.py -k test_first_request_to_just_added_domain 2>&1) || {
+        say "(i) round $r failed: $(echo "$out" | tail -3 | tr '\n' ' ')"; continue; }
+    a=$(echo "$out" | sed -n 's/^FIGURE add -> first HTTPS 200 for a new domain: \([0-9]*\) ms$/\1/p')
+    b=$(echo "$out" | sed -n 's/^FIGURE first request racing the add -> HTTPS 200: \([0-9]*\) ms$/\1/p')
+    [ -n "$a" ] && acme_add+=("$a"); [ -n "$b" ] && acme_race+=("$b")
+    say "(i) round $r: add -> first HTTPS ${a:-?} ms; racing the add ${b:-?} ms"
+done
+summary_ms() {   # "median N ms (min-max over K)" of the arguments
+    printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {if (NR) printf "median %d ms (%d-%d ms over %d)", v[int((NR+1)/2)], v[1], v[NR], NR; else printf "no result"}'
+}
+if [ "$ACME_N" -gt 0 ]; then
+    NOTES+=("(i) release mode against pebble: add -> first HTTPS 200 for a new domain: $(summary_ms "${acme_add[@]}"); a first request racing the add -> HTTPS 200: $(summary_ms "${acme_race[@]}"). Reference (issue 3, not measured here): Caddy 2.6 on-demand against the same pebble, 0.52-0.58 s")
+fi
 
 # ---------------------------------------------------------------- report
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
