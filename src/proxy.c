@@ -379,6 +379,7 @@ static const char *status_reason(int status)
     case 408: return "Request Timeout";
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
@@ -806,6 +807,12 @@ static void start_request(struct client *cl, const struct http1_request *req, ui
     }
     if (!cl->tls && cl->w->cfg->release && answer_http01(cl, req))
         return;
+    if (req->method.len == 7 && memcmp(req->method.base, "CONNECT", 7) == 0) {
+        /* A reverse proxy is no forward proxy: a CONNECT tunnel through to
+         * a backend would desynchronise the connection after its 2xx. */
+        send_generated(cl, 501, "CONNECT is not supported: core_server is a reverse proxy", true, NULL);
+        return;
+    }
     if (ex->port == 0) {
         send_generated(cl, 404, "Domain Not Recognized", false, NULL);
         return;

@@ -132,6 +132,19 @@ def test_absolute_form_target_is_routed_by_its_host(server, backend, backend2):
         assert c.read_response().status == 400
 
 
+def test_connect_is_refused_with_501(server, backend):
+    """A reverse proxy is no forward proxy: CONNECT never reaches a backend."""
+    server.add("app.test", backend.port)
+    with HTTPConn(server.http_port) as c:
+        c.send(b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 501
+        assert b"reverse proxy" in r.body
+        assert r.header("Connection") == "close"
+        assert c.at_eof()
+    assert backend.records == []
+
+
 def test_http10_without_host_gets_404(server, backend):
     server.add("app.test", backend.port)
     with HTTPConn(server.http_port) as c:
