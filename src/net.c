@@ -69,6 +69,9 @@ int net_listen_tcp(int port, const char *what, const char *flag, char *err, size
      * are there: saves a wake-up and a read that would find nothing. */
     int defer_s = 5;
     setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_s, sizeof defer_s);
+    /* Accepted sockets inherit TCP_NODELAY from the listener (the kernel
+     * clones the listening socket): no setsockopt per connection. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (listen(fd, 4096) < 0) {
         snprintf(err, errlen, "listen on TCP port %d (%s): %s", port, what, strerror(errno));
         close(fd);

@@ -560,9 +560,7 @@ void proxy_accept(struct worker *w, int fd, const struct sockaddr *peer, bool tl
 {
     struct proxy_state *px = w->px;
     struct client *cl = xcalloc(1, sizeof *cl);
-    int one = 1;
 
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     cl->lfd.fd = fd;
     cl->lfd.cb = on_client_event;
     cl->tr.fd = fd;
