@@ -63,27 +63,9 @@ die() { say "error: $*"; exit 1; }
 T0=$(date +%s)
 
 # ---------------------------------------------------------------- packages
-install_missing() {
-    # core_server's own build dependencies come from the project's installer
-    bash "$ROOT/tests/install-deps.sh" build >&2
-    local want=(nginx haproxy caddy wrk nghttp2-client mkcert util-linux procps curl openssl
-                python3 gcc libc6-dev libssl-dev make pkg-config pebble python3-pytest)
-    local missing=() p
-    for p in "${want[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    say "installing ${missing[*]}"
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null || die "missing ${missing[*]} and not root"
-        sudo=(sudo -n)
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq </dev/null
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
-}
-install_missing
+# What core_server, its release-mode test (case (i)) and this script need,
+# through the project's one installer.
+bash "$ROOT/tests/install-deps.sh" bench >&2
 
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (proxy on CPU 0, load + backend on CPU 1)"
 

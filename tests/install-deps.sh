@@ -2,6 +2,8 @@
 # install-deps.sh — installs from Debian what core_server needs and is missing.
 #   bash tests/install-deps.sh build   compiler, make, pkg-config, OpenSSL headers
 #   bash tests/install-deps.sh test    the above, plus what the tests use
+#   bash tests/install-deps.sh bench   the above, plus the peers and load
+#                                      generators of `make bench`
 # Idempotent: checks each package with dpkg first, runs `apt-get update` once
 # and `apt-get install` only when something is missing. Needs root (or sudo)
 # only in that case. Never reads stdin.
@@ -17,11 +19,15 @@ build_pkgs=(gcc make pkg-config libssl-dev libjansson-dev libcurl4-openssl-dev)
 # clang: libFuzzer targets (make fuzz); pebble: the test ACME CA (release mode).
 test_pkgs=(curl openssl python3 python3-pytest python3-websockets mkcert libnss3-tools
            iproute2 util-linux clang pebble)
+# bench/run.sh: the proxies compared, wrk and h2load, procps (pgrep),
+# libc6-dev for its C client (bench/tlsconn.c).
+bench_pkgs=(nginx haproxy caddy wrk nghttp2-client procps libc6-dev)
 
 case "$mode" in
   build) want=("${build_pkgs[@]}") ;;
   test)  want=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 build|test" >&2; exit 2 ;;
+  bench) want=("${build_pkgs[@]}" "${test_pkgs[@]}" "${bench_pkgs[@]}") ;;
+  *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 
 missing=()
