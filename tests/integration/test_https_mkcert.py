@@ -12,11 +12,12 @@ import stat
 import subprocess
 import threading
 import time
+import zlib
 
 import pytest
 
 from conftest import MKCERT, base_env
-from helpers import free_tcp_port, http_get, wait_for
+from helpers import HTTPConn, build_request, free_tcp_port, http_get, stream_crc, wait_for
 
 
 @pytest.fixture
@@ -225,8 +226,6 @@ def test_without_mkcert_no_https_and_no_redirect(server, backend):
 
 
 def test_large_https_download_is_exact(https_server, tmp_path):
-    import zlib
-    from helpers import stream_crc
     s = https_server
     size = 64 << 20
     out = tmp_path / "big.bin"
@@ -240,7 +239,6 @@ def test_large_https_download_is_exact(https_server, tmp_path):
 def test_https_keepalive_and_post(https_server):
     s = https_server
     cafile = os.path.join(s.caroot, "rootCA.pem")
-    from helpers import HTTPConn
     t = tls_connect(s.https_port, "app.test", cafile=cafile)
     with HTTPConn(s.https_port, sock=t) as c:
         ids = []
@@ -258,13 +256,11 @@ def test_https_keepalive_and_post(https_server):
 # would hang (a missed edge) or lose requests if either were wrong.
 
 def _tls_conn(s):
-    from helpers import HTTPConn
     t = tls_connect(s.https_port, "app.test", cafile=os.path.join(s.caroot, "rootCA.pem"))
     return HTTPConn(s.https_port, sock=t, timeout=15)
 
 
 def test_https_pipelined_requests_in_one_write(https_server):
-    from helpers import build_request
     with _tls_conn(https_server) as c:
         c.send(b"".join(build_request("GET", f"/p/{i}", "app.test") for i in range(20)))
         for i in range(20):
@@ -277,7 +273,6 @@ def test_https_pipelined_burst_larger_than_the_buffers(https_server):
     """About 400 KiB of pipelined requests: more than the proxy's 16 KiB
     input buffer and OpenSSL's record buffer, so reading stops and resumes
     with bytes still held by OpenSSL and by the socket."""
-    from helpers import build_request
     pad = "y" * 3000
     n = 130
     with _tls_conn(https_server) as c:
@@ -290,7 +285,6 @@ def test_https_pipelined_burst_larger_than_the_buffers(https_server):
 
 
 def test_https_request_trickled_in_many_records(https_server):
-    from helpers import build_request
     req = build_request("POST", "/trickle", "app.test", body=b"0123456789" * 50)
     with _tls_conn(https_server) as c:
         for k in range(0, len(req), 37):
@@ -305,13 +299,11 @@ def test_https_request_trickled_in_many_records(https_server):
 
 
 def test_https_upload_then_request_in_the_same_burst(https_server):
-    from helpers import build_request
     body = os.urandom(300000)
     with _tls_conn(https_server) as c:
         c.send(build_request("PUT", "/up", "app.test", body=body) + build_request("GET", "/next", "app.test"))
         r = c.read_response()
         assert r.status == 200
-        import zlib
         assert r.json()["body_crc"] == zlib.crc32(body)
         r = c.read_response()
         assert r.json()["target"] == "/next"
