@@ -11,17 +11,20 @@ set -euo pipefail
 
 mode="${1:-build}"
 
-build_pkgs=(gcc make pkg-config libssl-dev libjansson-dev libcurl4-openssl-dev)
+build_pkgs=(gcc make pkg-config libssl-dev libjansson-dev libcurl4-openssl-dev libnghttp2-dev)
 # curl, pytest, websockets: the integration tests' clients and runner;
 # mkcert + libnss3-tools: local-mode HTTPS certificates; openssl: s_client in
 # the TLS tests; iproute2: network namespaces for the non-loopback UDP test;
 # util-linux: setpriv (dropping CAP_NET_BIND_SERVICE in the CLI tests);
-# clang: libFuzzer targets (make fuzz); pebble: the test ACME CA (release mode).
+# clang: libFuzzer targets (make fuzz); pebble: the test ACME CA (release mode);
+# nghttp2-client (nghttp, h2load) and python3-h2: the HTTP/2 tests' clients;
+# systemd: systemd-socket-activate for the socket-activation test.
 test_pkgs=(curl openssl python3 python3-pytest python3-websockets mkcert libnss3-tools
-           iproute2 util-linux clang pebble)
+           iproute2 util-linux clang pebble nghttp2-client python3-h2 systemd)
 # bench/run.sh: the proxies compared, wrk and h2load, procps (pgrep),
 # libc6-dev for its C client (bench/tlsconn.c).
-bench_pkgs=(nginx haproxy caddy wrk nghttp2-client procps libc6-dev)
+# nghttp2-proxy (nghttpx) and h2o: the HTTP/2 peers of case (f).
+bench_pkgs=(nginx haproxy caddy wrk nghttp2-client nghttp2-proxy h2o procps libc6-dev)
 
 case "$mode" in
   build) want=("${build_pkgs[@]}") ;;
