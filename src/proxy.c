@@ -17,6 +17,7 @@
  * the current message and may be forwarded; bytes after them are either
  * unscanned or the next pipelined request. */
 #include "proxy.h"
+#include "backend.h"
 #include "buf.h"
 #include "challenge.h"
 #include "cli.h"
@@ -41,8 +42,6 @@
 
 #define OUT_HEADROOM 64        /* room for the response head to grow in place */
 #define MAX_REQUEST_LINE 8192
-#define IDLE_POOL_PER_PORT 64  /* idle backend connections kept per port per worker */
-#define UPSTREAM_IDLE_MS 30000 /* below common backend keep-alive timeouts? no: see pool_put */
 #define LINGER_MS 2000         /* reading and discarding after a closing response */
 #define TUNNEL_TIMEOUT_MS 600000
 #define SPLICE_MIN (64u * 1024)  /* bodies at least this long go through splice(2) */
@@ -76,21 +75,6 @@ struct frame {
 
 struct client;
 
-struct upstream {
-    struct loop_fd lfd;
-    struct loop_timer timer;
-    struct worker *w;
-    struct client *cl;               /* attached client, NULL while idle in the pool */
-    struct upstream *pool_prev, *pool_next;
-    struct upstream *reap_next;
-    uint16_t port;
-    bool connected;                  /* connect() finished */
-    bool rd_ready, wr_ready;
-    bool reused;                     /* came from the idle pool */
-    bool eof;                        /* backend closed its side */
-    bool hup;                        /* an EOF is queued: never assume drained */
-    bool dead;
-};
 
 /* The request in flight on a client connection; pooled per worker. */
 struct exchange {
@@ -128,7 +112,7 @@ struct client {
     struct client *reap_next;
     struct buf *in, *out;
     uint32_t in_ok, out_ok;          /* forwardable bytes at the buffers' starts */
-    struct upstream *up;
+    struct backend *be;              /* attached backend connection, or NULL */
     struct exchange *ex;
     uint8_t state;                   /* enum client_state */
     bool tls;
@@ -145,11 +129,8 @@ struct client {
 
 struct proxy_state {
     struct client clients;           /* list head (sentinel) */
-    struct upstream **idle;          /* [65536] idle backend connections by port */
-    uint16_t *idle_count;            /* [65536] */
     struct client *reap_clients;
     struct client *deferred;         /* clients to pump again before sleeping */
-    struct upstream *reap_upstreams;
     struct exchange *free_ex;
     unsigned nfree_ex;
     int pipes[PIPE_POOL][2];         /* idle splice pipes (empty), read and write ends */
@@ -161,7 +142,6 @@ struct proxy_state {
 
 static void client_pump(struct client *cl);
 static void client_close(struct client *cl, const char *why);
-static void upstream_close(struct upstream *up);
 
 /* ------------------------------------------------------------------ */
 /* setup                                                               */
@@ -171,9 +151,8 @@ void proxy_init(struct worker *w)
     struct proxy_state *px = xcalloc(1, sizeof *px);
 
     px->clients.next = px->clients.prev = &px->clients;
-    px->idle = xcalloc(65536, sizeof *px->idle);
-    px->idle_count = xcalloc(65536, sizeof *px->idle_count);
     w->px = px;
+    w->bp = backend_pool_new();
 }
 
 void proxy_free(struct worker *w)
@@ -182,10 +161,9 @@ void proxy_free(struct worker *w)
 
     while (px->clients.next != &px->clients)
         client_close(px->clients.next, "shutdown");
-    for (int p = 0; p < 65536; p++)
-        while (px->idle[p])
-            upstream_close(px->idle[p]);
     proxy_reap(w);
+    backend_pool_free(w->bp);
+    w->bp = NULL;
     while (px->free_ex) {
         struct exchange *e = px->free_ex;
         px->free_ex = e->next_free;
@@ -196,8 +174,6 @@ void proxy_free(struct worker *w)
         close(px->pipes[px->npipes][0]);
         close(px->pipes[px->npipes][1]);
     }
-    free(px->idle);
-    free(px->idle_count);
     free(px);
     w->px = NULL;
 }
@@ -211,11 +187,7 @@ void proxy_reap(struct worker *w)
         px->reap_clients = cl->reap_next;
         free(cl);
     }
-    while (px->reap_upstreams) {
-        struct upstream *up = px->reap_upstreams;
-        px->reap_upstreams = up->reap_next;
-        free(up);
-    }
+    backend_pool_reap(w->bp);
 }
 
 /* ------------------------------------------------------------------ */
@@ -341,18 +313,12 @@ static void frame_init(struct frame *f, enum framing kind, int64_t length)
 /* timers                                                              */
 
 static void on_client_timeout(struct loop *l, struct loop_timer *t);
-static void on_upstream_timeout(struct loop *l, struct loop_timer *t);
 
 static void client_arm(struct client *cl, uint32_t ms)
 {
     loop_timer_set(cl->w->loop, &cl->timer, ms, on_client_timeout);
 }
 
-static void upstream_arm(struct upstream *up)
-{
-    uint32_t ms = up->cl ? (uint32_t)up->w->cfg->backend_timeout_ms : UPSTREAM_IDLE_MS;
-    loop_timer_set(up->w->loop, &up->timer, ms, on_upstream_timeout);
-}
 
 /* ------------------------------------------------------------------ */
 /* access log and generated responses                                  */
@@ -420,106 +386,31 @@ static void send_generated(struct client *cl, int status, const char *body, bool
     frame_init(&ex->resp, F_NONE, 0);
 }
 
+/* Closes the client's backend connection (an exchange that cannot finish
+ * cleanly on it). */
+static void drop_backend(struct client *cl)
+{
+    if (cl->be) {
+        backend_close(cl->be);
+        cl->be = NULL;
+    }
+}
+
 /* ------------------------------------------------------------------ */
-/* backend connections                                                 */
+/* backend events (backend.h calls these through h1_backend_ops)        */
 
-static void on_upstream_event(struct loop *l, struct loop_fd *h, uint32_t ev);
-
-static void pool_remove(struct upstream *up)
+static void on_backend_ready(void *owner)
 {
-    struct proxy_state *px = up->w->px;
-
-    if (up->pool_prev)
-        up->pool_prev->pool_next = up->pool_next;
-    else if (px->idle[up->port] == up)
-        px->idle[up->port] = up->pool_next;
-    else
-        return;   /* not in the pool */
-    if (up->pool_next)
-        up->pool_next->pool_prev = up->pool_prev;
-    up->pool_prev = up->pool_next = NULL;
-    px->idle_count[up->port]--;
+    client_pump(owner);
 }
 
-static void upstream_close(struct upstream *up)
+static void on_backend_timeout(void *owner)
 {
-    struct proxy_state *px = up->w->px;
+    struct client *cl = owner;
 
-    if (up->dead)
-        return;
-    up->dead = true;
-    pool_remove(up);
-    loop_timer_cancel(up->w->loop, &up->timer);
-    if (up->cl && up->cl->up == up)
-        up->cl->up = NULL;
-    up->cl = NULL;
-    close(up->lfd.fd);
-    up->reap_next = px->reap_upstreams;
-    px->reap_upstreams = up;
-}
-
-/* Returns a finished backend connection to the idle pool (LIFO: the most
- * recently used is the least likely to have been closed by the backend). */
-static void pool_put(struct upstream *up)
-{
-    struct proxy_state *px = up->w->px;
-
-    up->cl = NULL;
-    if (px->idle_count[up->port] >= IDLE_POOL_PER_PORT || up->w->draining) {
-        upstream_close(up);
-        return;
-    }
-    up->pool_prev = NULL;
-    up->pool_next = px->idle[up->port];
-    if (up->pool_next)
-        up->pool_next->pool_prev = up;
-    px->idle[up->port] = up;
-    px->idle_count[up->port]++;
-    upstream_arm(up);
-}
-
-/* An idle pooled connection if there is one, else a new connect. NULL with
- * errno when the connect failed at once. */
-static struct upstream *upstream_get(struct worker *w, uint16_t port, bool fresh)
-{
-    struct proxy_state *px = w->px;
-    struct upstream *up = fresh ? NULL : px->idle[port];
-
-    if (up) {
-        pool_remove(up);
-        up->reused = true;
-        return up;
-    }
-    int fd = net_connect_loopback(port);
-    if (fd < 0)
-        return NULL;
-    up = xcalloc(1, sizeof *up);
-    up->lfd.fd = fd;
-    up->lfd.cb = on_upstream_event;
-    up->w = w;
-    up->port = port;
-    if (loop_add_fd(w->loop, &up->lfd) < 0) {
-        int e = errno;
-        close(fd);
-        free(up);
-        errno = e;
-        return NULL;
-    }
-    return up;
-}
-
-static void on_upstream_timeout(struct loop *l, struct loop_timer *t)
-{
-    struct upstream *up = (struct upstream *)((char *)t - offsetof(struct upstream, timer));
-    struct client *cl = up->cl;
-
-    if (!cl) {   /* idle too long in the pool */
-        upstream_close(up);
-        return;
-    }
-    log_warn("backend 127.0.0.1:%u for %s timed out after %d ms", up->port, cl->ex->host,
-             up->w->cfg->backend_timeout_ms);
-    upstream_close(up);
+    log_warn("backend 127.0.0.1:%u for %s timed out after %d ms", cl->be->be_port, cl->ex->host,
+             cl->w->cfg->backend_timeout_ms);
+    drop_backend(cl);
     if (!cl->ex->resp_head_done) {
         cl->ex->backend_close = true;
         send_generated(cl, 504, "Gateway Timeout", false, NULL);
@@ -529,27 +420,7 @@ static void on_upstream_timeout(struct loop *l, struct loop_timer *t)
     }
 }
 
-static void on_upstream_event(struct loop *l, struct loop_fd *h, uint32_t ev)
-{
-    struct upstream *up = (struct upstream *)h;
-
-    if (up->dead)
-        return;
-    if (ev & LOOP_READ)
-        up->rd_ready = true;
-    if (ev & LOOP_RDHUP)
-        up->hup = true;
-    if (ev & LOOP_WRITE)
-        up->wr_ready = true;
-    if (!up->cl) {
-        /* Idle in the pool: any readiness to read means the backend closed
-         * it (or sent bytes nobody asked for). */
-        if (ev & (LOOP_READ | LOOP_ERROR))
-            upstream_close(up);
-        return;
-    }
-    client_pump(up->cl);
-}
+static const struct backend_ops h1_backend_ops = { on_backend_ready, on_backend_timeout };
 
 /* ------------------------------------------------------------------ */
 /* client connections                                                  */
@@ -603,8 +474,8 @@ static void client_close(struct client *cl, const char *why)
     cl->dead = true;
     if (cl->state == C_TUNNEL)
         log_access(cl);   /* an upgraded exchange ends with its tunnel */
-    if (cl->up)
-        upstream_close(cl->up);
+    if (cl->be)
+        drop_backend(cl);
     if (cl->ex) {
         exchange_put(w, cl->ex);
         cl->ex = NULL;
@@ -645,7 +516,7 @@ static void on_client_timeout(struct loop *l, struct loop_timer *t)
         return;
     case C_EXCHANGE:
         /* Waiting on the backend is the backend timer's business. */
-        if (cl->ex && cl->ex->req.done && !cl->ex->resp_head_done && cl->up) {
+        if (cl->ex && cl->ex->req.done && !cl->ex->resp_head_done && cl->be) {
             client_arm(cl, (uint32_t)cl->w->cfg->client_timeout_ms);
             return;
         }
@@ -713,16 +584,14 @@ static int stage_request_head(struct client *cl, const struct http1_request *req
 static void connect_backend(struct client *cl, bool fresh)
 {
     struct exchange *ex = cl->ex;
-    struct upstream *up = upstream_get(cl->w, ex->port, fresh);
+    struct backend *up = backend_get(cl->w, ex->port, fresh, cl, &h1_backend_ops);
 
     if (!up) {
         log_warn("backend 127.0.0.1:%u for %s: connect: %s", ex->port, ex->host, strerror(errno));
         send_generated(cl, 502, "Bad Gateway", false, NULL);
         return;
     }
-    up->cl = cl;
-    cl->up = up;
-    upstream_arm(up);
+    cl->be = up;
 }
 
 /* Redirect plain HTTP to HTTPS (local mode with mkcert, release mode). */
@@ -923,25 +792,19 @@ static bool read_client(struct client *cl)
 
 static bool upstream_check_connected(struct client *cl)
 {
-    struct upstream *up = cl->up;
+    struct backend *up = cl->be;
     int e = 0;
-    socklen_t len = sizeof e;
+    int r = backend_check_connected(up, &e);
 
-    if (up->connected)
-        return true;
-    if (!up->wr_ready && !up->rd_ready)
+    if (r == 0)
         return false;
-    getsockopt(up->lfd.fd, SOL_SOCKET, SO_ERROR, &e, &len);
-    if (e == EINPROGRESS || e == EALREADY)
-        return false;
-    if (e != 0) {
-        log_warn("backend 127.0.0.1:%u for %s: connect: %s", up->port, cl->ex->host, strerror(e));
-        upstream_close(up);
+    if (r < 0) {
+        log_warn("backend 127.0.0.1:%u for %s: connect: %s", up->be_port, cl->ex->host, strerror(e));
+        drop_backend(cl);
         cl->ex->backend_close = true;
         send_generated(cl, 502, "Bad Gateway", false, NULL);
         return false;
     }
-    up->connected = true;
     return true;
 }
 
@@ -951,11 +814,11 @@ static bool upstream_check_connected(struct client *cl)
 static void backend_failed(struct client *cl, const char *why)
 {
     struct exchange *ex = cl->ex;
-    struct upstream *up = cl->up;
-    bool replay = up && up->reused && !ex->retried && ex->head_kept > 0;
+    struct backend *up = cl->be;
+    bool replay = up && up->be_reused && !ex->retried && ex->head_kept > 0;
 
     if (up)
-        upstream_close(up);
+        drop_backend(cl);
     if (replay) {
         struct http1_request *req = &cl->w->px->req;
         ex->retried = true;
@@ -973,13 +836,13 @@ static void backend_failed(struct client *cl, const char *why)
 
 static bool write_upstream(struct client *cl)
 {
-    struct upstream *up = cl->up;
+    struct backend *up = cl->be;
     struct exchange *ex = cl->ex;
     struct iovec iov[2];
     int cnt = 0;
     ssize_t n;
 
-    if (!up || !ex || ex->generated || !upstream_check_connected(cl) || !up->wr_ready)
+    if (!up || !ex || ex->generated || !upstream_check_connected(cl) || !up->be_wr_ready)
         return false;
     if (cl->state == C_TUNNEL) {
         if (cl->in_ok == 0)
@@ -993,10 +856,10 @@ static bool write_upstream(struct client *cl)
     }
     if (cnt == 0)
         return false;
-    n = net_sendv(up->lfd.fd, iov, cnt);
+    n = net_sendv(up->be_lfd.fd, iov, cnt);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
-            up->wr_ready = false;
+            up->be_wr_ready = false;
             return false;
         }
         if (cl->state == C_TUNNEL) {
@@ -1008,7 +871,7 @@ static bool write_upstream(struct client *cl)
     }
     size_t want = iov[0].iov_len + (cnt > 1 ? iov[1].iov_len : 0);
     if ((size_t)n < want)
-        up->wr_ready = false;
+        up->be_wr_ready = false;
     if (cl->state != C_TUNNEL && ex->head_out) {
         uint32_t h = (uint32_t)n < ex->head_out ? (uint32_t)n : ex->head_out;
         buf_consume(cl->out, h);
@@ -1023,7 +886,7 @@ static bool write_upstream(struct client *cl)
         buf_consume(cl->in, (uint32_t)n);
         cl->in_ok -= (uint32_t)n;
     }
-    upstream_arm(up);
+    backend_touch(up);
     return true;
 }
 
@@ -1116,8 +979,8 @@ static bool parse_response(struct client *cl)
 bad:
     log_warn("backend 127.0.0.1:%u for %s: invalid response head: %s", ex->port, ex->host,
              resp->error ? resp->error : "too large");
-    if (cl->up)
-        upstream_close(cl->up);
+    if (cl->be)
+        drop_backend(cl);
     ex->backend_close = true;
     if (cl->out_ok == 0) {
         send_generated(cl, 502, "Bad Gateway", false, NULL);
@@ -1167,11 +1030,11 @@ static bool scan_response_body(struct client *cl)
 
 static bool read_upstream(struct client *cl)
 {
-    struct upstream *up = cl->up;
+    struct backend *up = cl->be;
     struct exchange *ex = cl->ex;
     ssize_t n;
 
-    if (!up || !ex || ex->generated || ex->head_out || !up->connected || !up->rd_ready || up->eof ||
+    if (!up || !ex || ex->generated || ex->head_out || !up->be_connected || !up->be_rd_ready || up->be_eof ||
         ex->pipe[0] >= 0)
         return false;
     if (ex->resp_head_done && ex->resp.done && cl->state != C_TUNNEL)
@@ -1183,17 +1046,17 @@ static bool read_upstream(struct client *cl)
         else
             return false;
     }
-    n = net_recv(up->lfd.fd, buf_tail(cl->out), buf_room(cl->out));
+    n = net_recv(up->be_lfd.fd, buf_tail(cl->out), buf_room(cl->out));
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
-            up->rd_ready = false;
+            up->be_rd_ready = false;
             return false;
         }
         n = -errno;
     }
     if (n <= 0) {
         /* EOF or error from the backend. */
-        up->eof = true;
+        up->be_eof = true;
         if (cl->state == C_TUNNEL) {
             if (!cl->wr_shut && buf_len(cl->out) == 0) {
                 transport_shutdown_write(&cl->tr);
@@ -1211,7 +1074,7 @@ static bool read_upstream(struct client *cl)
             return true;
         }
         log_warn("backend 127.0.0.1:%u for %s: connection lost mid-response", ex->port, ex->host);
-        upstream_close(up);
+        drop_backend(cl);
         if (!ex->resp_head_done && cl->out_ok == 0) {
             send_generated(cl, 502, "Bad Gateway", false, NULL);
             return true;
@@ -1221,12 +1084,12 @@ static bool read_upstream(struct client *cl)
         cl->out->end = cl->out->start + cl->out_ok;
         return true;
     }
-    if (!up->hup && (size_t)n < buf_room(cl->out))
-        up->rd_ready = false;
+    if (!up->be_hup && (size_t)n < buf_room(cl->out))
+        up->be_rd_ready = false;
     cl->out->end += (uint32_t)n;
     if (cl->state == C_TUNNEL)
         cl->out_ok = buf_len(cl->out);
-    upstream_arm(up);
+    backend_touch(up);
     return true;
 }
 
@@ -1257,7 +1120,7 @@ static bool maybe_start_splice(struct client *cl)
 {
     struct exchange *ex = cl->ex;
 
-    if (cl->tls || !ex || !cl->up || ex->pipe[0] >= 0 || !ex->resp_head_done || ex->generated ||
+    if (cl->tls || !ex || !cl->be || ex->pipe[0] >= 0 || !ex->resp_head_done || ex->generated ||
         ex->resp.kind != F_LENGTH || ex->resp.done || ex->resp.remaining < SPLICE_MIN ||
         cl->state != C_EXCHANGE || (cl->out && buf_len(cl->out) > 0))
         return false;
@@ -1269,24 +1132,24 @@ static bool maybe_start_splice(struct client *cl)
 static bool splice_body(struct client *cl)
 {
     struct exchange *ex = cl->ex;
-    struct upstream *up = cl->up;
+    struct backend *up = cl->be;
     bool moved = false;
     ssize_t n;
 
     if (!ex || ex->pipe[0] < 0)
         return false;
-    if (ex->pipe_bytes == 0 && up && up->rd_ready && !ex->resp.done) {
+    if (ex->pipe_bytes == 0 && up && up->be_rd_ready && !ex->resp.done) {
         size_t want = ex->resp.remaining < PIPE_SIZE ? (size_t)ex->resp.remaining : PIPE_SIZE;
-        n = splice(up->lfd.fd, NULL, ex->pipe[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        n = splice(up->be_lfd.fd, NULL, ex->pipe[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n > 0) {
             ex->pipe_bytes = (uint32_t)n;
             ex->resp.remaining -= (uint64_t)n;
             if (ex->resp.remaining == 0)
                 ex->resp.done = true;
-            upstream_arm(up);
+            backend_touch(up);
             moved = true;
         } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            up->rd_ready = false;
+            up->be_rd_ready = false;
         } else {
             log_warn("backend 127.0.0.1:%u for %s: connection lost mid-response%s%s", ex->port,
                      ex->host, n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
@@ -1358,15 +1221,15 @@ static void start_linger(struct client *cl)
 static void finish_exchange(struct client *cl)
 {
     struct exchange *ex = cl->ex;
-    struct upstream *up = cl->up;
+    struct backend *up = cl->be;
 
     log_access(cl);
     if (up) {
-        cl->up = NULL;
-        if (ex->backend_close || !ex->req.done || up->eof)
-            upstream_close(up);
+        cl->be = NULL;
+        if (ex->backend_close || !ex->req.done || up->be_eof)
+            backend_close(up);
         else
-            pool_put(up);
+            backend_put(up);
     }
     if (ex->head_kept)
         buf_consume(cl->in, ex->head_kept);
@@ -1397,16 +1260,16 @@ static bool check_done(struct client *cl)
     struct exchange *ex = cl->ex;
 
     if (cl->state == C_TUNNEL) {
-        struct upstream *up = cl->up;
+        struct backend *up = cl->be;
         /* Half-closes: pass each side's EOF on once its bytes are sent. */
-        if (cl->rd_eof && up && cl->in_ok == 0 && !up->eof) {
-            shutdown(up->lfd.fd, SHUT_WR);
+        if (cl->rd_eof && up && cl->in_ok == 0 && !up->be_eof) {
+            shutdown(up->be_lfd.fd, SHUT_WR);
         }
-        if (up && up->eof && buf_len(cl->out) == 0 && !cl->wr_shut) {
+        if (up && up->be_eof && buf_len(cl->out) == 0 && !cl->wr_shut) {
             transport_shutdown_write(&cl->tr);
             cl->wr_shut = true;
         }
-        if ((cl->rd_eof && up && up->eof && buf_len(cl->out) == 0) || !up) {
+        if ((cl->rd_eof && up && up->be_eof && buf_len(cl->out) == 0) || !up) {
             client_close(cl, "tunnel closed");
             return true;
         }
@@ -1557,9 +1420,7 @@ void proxy_drain(struct worker *w)
             client_close(cl, "shutting down");
         cl = next;
     }
-    for (int p = 0; p < 65536; p++)
-        while (px->idle[p])
-            upstream_close(px->idle[p]);
+    backend_pool_close_idle(w->bp);
 }
 
 void proxy_resume_parked(void *arg)

@@ -12,6 +12,7 @@
 
 struct config;
 struct proxy_state;
+struct backend_pool;
 
 struct listener {
     struct loop_fd lfd;      /* shared listening fd, watched by every worker */
@@ -30,6 +31,7 @@ struct worker {
     int qsbr_reader;
     struct buf_pool bufs;
     struct proxy_state *px;  /* this worker's connections, pools, scratch */
+    struct backend_pool *bp; /* this worker's idle backend connections (backend.h) */
     unsigned nconns;         /* open client connections (this thread only) */
     bool draining;           /* shutdown: finish in-flight requests, accept none */
     bool drained_reported;
