@@ -206,6 +206,7 @@ struct cmd_server {
     struct change cs_changes[BATCH_MAX];
     size_t cs_nchanges;
     bool cs_shutdown;                  /* a shutdown was answered in this batch */
+    bool cs_paused;                    /* cmd_server_pause: read no more datagrams */
     uint64_t cs_drop_log_ms;           /* when a non-loopback drop was last logged */
     unsigned long cs_drops_unlogged;   /* drops since then, not logged one by one */
     char cs_save_err[8192];            /* reply for ITEM_UNSAVED commands */
@@ -473,6 +474,8 @@ static void on_readable(struct loop *l, struct loop_fd *h, uint32_t events)
     struct cmd_server *s = (struct cmd_server *)h;   /* cs_lfd is the first member */
     int n;
 
+    if (s->cs_paused)
+        return;   /* an event from the batch that was already returned by epoll */
     for (int i = 0; i < BATCH_MAX; i++) {
         s->cs_iov[i] = (struct iovec){ s->cs_items[i].it_buf, CMD_DATAGRAM_MAX };
         s->cs_msgs[i].msg_hdr = (struct msghdr){
@@ -520,11 +523,20 @@ struct cmd_server *cmd_server_start(struct loop *l, int udp_fd, const char *rout
     return s;
 }
 
+void cmd_server_pause(struct cmd_server *s)
+{
+    if (!s || s->cs_paused)
+        return;
+    s->cs_paused = true;
+    loop_del_fd(s->cs_loop, &s->cs_lfd);
+}
+
 void cmd_server_close(struct cmd_server *s)
 {
     if (!s)
         return;
-    loop_del_fd(s->cs_loop, &s->cs_lfd);
+    if (!s->cs_paused)
+        loop_del_fd(s->cs_loop, &s->cs_lfd);
     close(s->cs_lfd.fd);
     if (loop_timer_armed(&s->cs_reclaim))
         loop_timer_cancel(s->cs_loop, &s->cs_reclaim);

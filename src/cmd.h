@@ -61,6 +61,12 @@ struct cmd_hooks {
  * acknowledged. The current routes snapshot (routes.h) must be published. */
 struct cmd_server *cmd_server_start(struct loop *l, int udp_fd, const char *routes_path,
                                     const struct cmd_hooks *hooks);
+/* Stops reading datagrams at once, even one whose readiness the loop has
+ * already collected in this iteration; the socket stays open, and what is
+ * queued on it stays there for whoever holds it next (a takeover: the new
+ * instance reads the same socket). Closing is still cmd_server_close's job,
+ * which is safe to call only once the loop is no longer dispatching. */
+void cmd_server_pause(struct cmd_server *s);
 /* Stops watching and closes the UDP socket (takeover: frees the port).
  * While it runs, the server frees retired route snapshots on a 100 ms timer
  * (qsbr_reclaim) for as long as any are pending. */

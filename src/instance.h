@@ -1,20 +1,43 @@
-/* instance.h — one core_server per command port: taking over from a running
- * instance (ask it to shut down, wait for its port), detaching from the shell
- * (release mode, --daemon), and the signals (SIGTERM, SIGINT -> graceful
- * shutdown; SIGHUP -> reopen the log file; SIGPIPE ignored). */
+/* instance.h — one core_server per config dir and command port: the old
+ * ways of taking over from a running instance (ask it to shut down over the
+ * command port and wait for its port; end one that does not answer by
+ * signal, found through the pid file), the pid file, detaching from the
+ * shell (release mode, --daemon), and the signals (SIGTERM, SIGINT ->
+ * graceful shutdown; SIGHUP, SIGUSR1 -> reopen the log file; SIGPIPE
+ * ignored). The socket handover, tried first, is handover.h's. */
 #ifndef CORE_INSTANCE_H
 #define CORE_INSTANCE_H
 #include <stdbool.h>
 #include <stddef.h>
 
 struct loop;
+struct config;
+
+#define INSTANCE_PIDFILE_NAME "core_server.pid"   /* in the config dir: "PID STARTTIME\n" */
 
 /* Binds the UDP command port. If another instance holds it, sends it
- * "shutdown" and waits (bounded) until the port is free. Returns the bound
- * fd, or -1 with the cause and the fix in err. */
-int instance_claim_command_port(int port, char *err, size_t errlen);
+ * "shutdown" and waits (bounded) until the port is free; if it does not
+ * answer, ends it as instance_end_unresponsive does. Returns the bound fd,
+ * or -1 with the cause and the fix in err. */
+int instance_claim_command_port(const struct config *cfg, char *err, size_t errlen);
 
-/* Blocks SIGTERM/SIGINT/SIGHUP in this thread (call before starting threads,
+/* The instance named by the pid file in cfg's config dir does not answer
+ * (stopped with SIGSTOP, wedged). Only when that pid is still the process
+ * that wrote the file (same start time) and is a core_server (holds one of
+ * cfg's ports, or runs a binary of our name): SIGTERM and SIGCONT, up to
+ * INSTANCE_TERM_WAIT_MS for it to let go of the ports, then SIGKILL, up to
+ * INSTANCE_KILL_WAIT_MS more. Never signals anything else. Returns 0 when
+ * it is gone or holds none of cfg's ports, or -1 with the reason in err. */
+#define INSTANCE_TERM_WAIT_MS 3000
+#define INSTANCE_KILL_WAIT_MS 3000
+int instance_end_unresponsive(const struct config *cfg, char *err, size_t errlen);
+
+/* Writes the pid file (atomically, file.h). 0, or -1 with err. */
+int instance_write_pidfile(const char *config_dir, char *err, size_t errlen);
+/* Removes the pid file if it still names this process. */
+void instance_remove_pidfile(const char *config_dir);
+
+/* Blocks SIGTERM/SIGINT/SIGHUP/SIGUSR1 in this thread (call before starting threads,
  * so they inherit the mask) and ignores SIGPIPE. */
 void instance_block_signals(void);
 /* Watches the blocked signals on l; on_stop(arg) runs on l's thread for

@@ -4,6 +4,7 @@
 #include "certs.h"
 #include "cli.h"
 #include "cmd.h"
+#include "handover.h"
 #include "instance.h"
 #include "log.h"
 #include "loop.h"
@@ -12,20 +13,25 @@
 #include "qsbr.h"
 #include "routes.h"
 #include "subcmd.h"
+#include "systemd.h"
 #include "tls.h"
 #include "worker.h"
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 struct server {
     struct config cfg;
     struct loop *loop;          /* main thread: commands, signals */
     struct cmd_server *cmd;
+    struct handover_offer *offer;   /* offers the listening sockets to a new instance */
     bool https;                 /* mkcert found (local) or release mode */
     bool stopping;
+    int http_fd, https_fd, udp_fd;  /* the listening sockets (udp_fd owned by cmd) */
+    int from_systemd;           /* sockets passed by systemd (socket activation) */
 };
 
 /* A fatal startup error: on stderr, in the log file, and to the parent that
@@ -39,9 +45,11 @@ static int fail(const char *msg)
     return 1;
 }
 
-/* Shutdown, from the "shutdown" command or a signal: free the command port
- * at once (a new instance may be waiting for it), then stop the loop; main
- * drains the workers after. */
+/* Shutdown, from the "shutdown" command, a signal or a confirmed handover:
+ * read no more commands (even one whose readiness this loop iteration has
+ * already collected), then stop the loop. run_server closes the command
+ * port as soon as the loop returns, at the end of this iteration (a new
+ * instance may be waiting for it), and drains the workers after. */
 static void begin_shutdown(void *arg)
 {
     struct server *s = arg;
@@ -49,9 +57,18 @@ static void begin_shutdown(void *arg)
     if (s->stopping)
         return;
     s->stopping = true;
-    cmd_server_close(s->cmd);
-    s->cmd = NULL;
+    systemd_notify("STOPPING=1");
+    cmd_server_pause(s->cmd);
     loop_stop(s->loop);
+}
+
+/* The new instance confirmed that it accepts and reads commands on our
+ * sockets: only now do we stop accepting and drain. */
+static void on_handed_over(void *arg, long new_pid)
+{
+    log_info("handover: the new instance (pid %ld) serves on our sockets; shutting down "
+             "gracefully", new_pid);
+    begin_shutdown(arg);
 }
 
 static int load_routes(const struct config *cfg)
@@ -143,30 +160,133 @@ static int setup_logging(const struct config *cfg, char *err, size_t errlen)
     return instance_daemonize_stdio(err, errlen);
 }
 
+/* Asks a running instance for its sockets (before binding anything). One
+ * that accepts but does not answer is ended by signal (instance.h). Fills
+ * pool; *peer is to be confirmed once this instance serves. */
+static int take_sockets(struct server *s, struct net_pool *pool, struct handover_peer *peer)
+{
+    const struct config *cfg = &s->cfg;
+    char why[1024], err[1024];
+
+    switch (handover_request(cfg->config_dir, pool, peer, why, sizeof why)) {
+    case HANDOVER_RECEIVED:
+        log_info("handover: received %d listening socket(s) from the running instance (pid %ld)",
+                 pool->np_n, peer->hp_pid);
+        return 0;
+    case HANDOVER_NONE:
+        log_info("no running instance offers its sockets (%s): binding the ports", why);
+        return 0;
+    case HANDOVER_UNRESPONSIVE:
+        log_warn("the running instance does not answer the handover (%s)", why);
+        if (instance_end_unresponsive(cfg, err, sizeof err) < 0) {
+            char msg[sizeof err + sizeof cfg->config_dir + 200];
+            snprintf(msg, sizeof msg, "the core_server holding %s/%s does not answer, and it "
+                     "cannot be ended: %s (stop it yourself)", cfg->config_dir,
+                     HANDOVER_SOCKET_NAME, err);
+            return fail(msg);
+        }
+        return 0;
+    }
+    return 0;
+}
+
+/* One TCP listener: the same socket passed by systemd or the previous
+ * instance when one is bound to port, else a new one. */
+static int open_listener(struct net_pool *pool, int port, const char *what, const char *flag,
+                         char *err, size_t errlen)
+{
+    int fd = net_pool_take(pool, SOCK_STREAM, port);
+
+    if (fd >= 0) {
+        log_info("%s port %d: serving on the inherited listening socket", what, port);
+        return fd;
+    }
+    /* SO_REUSEPORT: while an old instance that did not hand over still
+     * listens, we listen beside it, so no connection is refused. */
+    return net_listen_tcp(port, what, flag, err, errlen);
+}
+
+/* Every socket this instance serves on, inherited where possible. The ones
+ * inherited but not wanted (other ports) are closed in this process only:
+ * the old instance closes its own copies after our confirmation. */
+static int open_sockets(struct server *s, struct net_pool *pool, char *err, size_t errlen)
+{
+    const struct config *cfg = &s->cfg;
+
+    s->http_fd = open_listener(pool, cfg->http_port, "http", "--http-port", err, errlen);
+    if (s->http_fd < 0)
+        return -1;
+    if (s->https) {
+        s->https_fd = open_listener(pool, cfg->https_port, "https", "--https-port", err, errlen);
+        if (s->https_fd < 0)
+            return -1;
+    }
+    s->udp_fd = net_pool_take(pool, SOCK_DGRAM, cfg->udp_port);
+    if (s->udp_fd >= 0)
+        log_info("commands: reading the inherited socket of UDP port %d", cfg->udp_port);
+    else
+        s->udp_fd = instance_claim_command_port(cfg, err, errlen);
+    if (s->udp_fd < 0)
+        return -1;
+    int unused = net_pool_close_rest(pool);
+    if (unused)
+        log_info("%d inherited socket(s) not used by this instance's ports: closed here", unused);
+    return 0;
+}
+
+/* From now on a newer instance can take our sockets. Not fatal: without
+ * it, a new instance takes over through the command port. */
+static void offer_sockets(struct server *s)
+{
+    char err[1024];
+    int fds[3] = { s->http_fd, s->https_fd, s->udp_fd };
+
+    s->offer = handover_offer_start(s->loop, s->cfg.config_dir, fds, 3, on_handed_over, s,
+                                    err, sizeof err);
+    if (!s->offer)
+        log_warn("%s: a new instance will take over through the command port instead", err);
+}
+
+static void log_ready(const struct server *s)
+{
+    const struct config *cfg = &s->cfg;
+    char https_desc[64], status[256];
+
+    if (s->https)
+        snprintf(https_desc, sizeof https_desc, "https port %d", cfg->https_port);
+    else
+        snprintf(https_desc, sizeof https_desc, "no HTTPS");
+    log_info("core_server %s (%s mode) ready: http port %d, %s, commands on UDP port %d, "
+             "%d worker(s)", CORE_VERSION, cfg->release ? "release" : "local", cfg->http_port,
+             https_desc, cfg->udp_port, cfg->workers);
+    snprintf(status, sizeof status, "READY=1\nMAINPID=%ld\nSTATUS=http port %d, %s, commands on "
+             "UDP port %d", (long)getpid(), cfg->http_port, https_desc, cfg->udp_port);
+    systemd_notify(status);
+}
+
 static int run_server(struct server *s)
 {
     const struct config *cfg = &s->cfg;
+    struct net_pool pool = { .np_n = 0 };
+    struct handover_peer peer = { .hp_fd = -1 };
     char err[1024];
-    int http_fd, https_fd = -1, udp_fd;
 
+    s->http_fd = s->https_fd = s->udp_fd = -1;
     log_set_access(cfg->access_log);
+    /* Before the fork: LISTEN_PID names the process systemd started. */
+    s->from_systemd = systemd_listen_fds(&pool);
     if (maybe_detach(cfg, err, sizeof err) < 0 || setup_logging(cfg, err, sizeof err) < 0)
         return fail(err);
     instance_block_signals();
     if (setup_https(s, err, sizeof err) < 0)
         return fail(err);
-    /* TCP first, with SO_REUSEPORT: while an old instance still listens we
-     * listen beside it, so no connection is refused during a takeover. */
-    http_fd = net_listen_tcp(cfg->http_port, "http", "--http-port", err, sizeof err);
-    if (http_fd < 0)
-        return fail(err);
-    if (s->https) {
-        https_fd = net_listen_tcp(cfg->https_port, "https", "--https-port", err, sizeof err);
-        if (https_fd < 0)
-            return fail(err);
-    }
-    udp_fd = instance_claim_command_port(cfg->udp_port, err, sizeof err);
-    if (udp_fd < 0)
+    /* Here, in the process that will serve (after a detach), and before
+     * binding anything: the sockets of systemd, else of a running instance. */
+    if (s->from_systemd)
+        log_info("socket activation: %d socket(s) passed by systemd", s->from_systemd);
+    else if (take_sockets(s, &pool, &peer) != 0)
+        return 1;
+    if (open_sockets(s, &pool, err, sizeof err) < 0)
         return fail(err);
     /* Routes are read after the takeover: the old instance saved its last. */
     if (load_routes(cfg) < 0)
@@ -180,24 +300,30 @@ static int run_server(struct server *s)
         /* Every route's certificate: loaded from disk, or ordered now. */
         routes_foreach(routes_current(), request_cert, NULL);
     }
-    s->cmd = cmd_server_start(s->loop, udp_fd, cfg->routes_path, &hooks);
+    s->cmd = cmd_server_start(s->loop, s->udp_fd, cfg->routes_path, &hooks);
     if (!s->cmd)
         return fail("cannot start the UDP command channel");
     if (instance_watch_signals(s->loop, begin_shutdown, s) < 0)
         return fail("cannot watch signals");
-    if (workers_start(cfg, http_fd, https_fd, s->https, err, sizeof err) < 0)
+    if (workers_start(cfg, s->http_fd, s->https_fd, s->https, err, sizeof err) < 0)
         return fail(err);
-    char https_desc[64];
-    if (s->https)
-        snprintf(https_desc, sizeof https_desc, "https port %d", cfg->https_port);
-    else
-        snprintf(https_desc, sizeof https_desc, "no HTTPS");
-    log_info("core_server %s (%s mode) ready: http port %d, %s, commands on UDP port %d, "
-             "%d worker(s)", CORE_VERSION, cfg->release ? "release" : "local", cfg->http_port,
-             https_desc, cfg->udp_port, cfg->workers);
+    /* We accept, and read commands once the loop runs: the old instance may
+     * stop accepting now. */
+    if (handover_confirm(&peer, 2 + s->https, err, sizeof err) < 0)
+        return fail(err);
+    if (instance_write_pidfile(cfg->config_dir, err, sizeof err) < 0)
+        log_warn("%s (an unresponsive instance cannot be ended by the next one)", err);
+    offer_sockets(s);
+    log_ready(s);
     instance_daemonize_ready();   /* ports bound: the waiting parent exits 0 */
     loop_run(s->loop);
 
+    /* The socket file first, the command port after: a new instance that
+     * waits for the port puts its own socket file in place only then. */
+    handover_offer_stop(s->offer);
+    s->offer = NULL;
+    cmd_server_close(s->cmd);
+    s->cmd = NULL;
     log_info("draining in-flight requests (up to %d ms)", cfg->drain_ms);
     workers_drain(cfg->drain_ms);
     /* The certificate thread posts to the worker loops: stop it first. */
@@ -208,6 +334,7 @@ static int run_server(struct server *s)
         tls_cleanup();
     qsbr_reclaim();
     loop_free(s->loop);
+    instance_remove_pidfile(cfg->config_dir);
     log_info("core_server stopped");
     return 0;
 }

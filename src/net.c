@@ -153,3 +153,64 @@ void net_addr_str(const struct sockaddr *sa, char *out, size_t cap)
     if (!r)
         snprintf(out, cap, "?");
 }
+
+int net_local_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
+int net_pool_add(struct net_pool *p, int fd)
+{
+    if (p->np_n == NET_POOL_MAX) {
+        close(fd);
+        return -1;
+    }
+    p->np_fds[p->np_n++] = fd;
+    return 0;
+}
+
+/* True when fd is a socket of type bound to port (and listening, for TCP). */
+static bool socket_is(int fd, int type, int port)
+{
+    int t = 0, acc = 0;
+    socklen_t len = sizeof t;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &t, &len) < 0 || t != type)
+        return false;
+    len = sizeof acc;
+    if (type == SOCK_STREAM &&
+        (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0 || !acc))
+        return false;
+    return net_local_port(fd) == port;
+}
+
+int net_pool_take(struct net_pool *p, int type, int port)
+{
+    for (int i = 0; i < p->np_n; i++) {
+        int fd = p->np_fds[i];
+        if (!socket_is(fd, type, port))
+            continue;
+        p->np_fds[i] = p->np_fds[--p->np_n];
+        return fd;
+    }
+    return -1;
+}
+
+int net_pool_close_rest(struct net_pool *p)
+{
+    int n = p->np_n;
+
+    for (int i = 0; i < n; i++)
+        close(p->np_fds[i]);
+    p->np_n = 0;
+    return n;
+}

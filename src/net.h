@@ -30,6 +30,27 @@ int net_connect_loopback(int port);
 ssize_t net_recv(int fd, void *buf, size_t len);
 ssize_t net_sendv(int fd, const struct iovec *iov, int iovcnt);
 
+/* Sockets this process did not open itself: passed by systemd (socket
+ * activation) or by the previous instance (handover.h). Matched to the ports
+ * this instance wants by what the kernel says they are bound to, never by
+ * their position, so a new instance with other ports takes what it can. */
+#define NET_POOL_MAX 16
+struct net_pool {
+    int np_fds[NET_POOL_MAX];
+    int np_n;
+};
+/* Adds fd (the pool owns it from now on); closes it when the pool is full.
+ * Returns 0, or -1 when it was closed. */
+int net_pool_add(struct net_pool *p, int fd);
+/* Removes from the pool and returns the socket of type (SOCK_STREAM, which
+ * must be listening, or SOCK_DGRAM) bound to port, or -1: the caller owns it. */
+int net_pool_take(struct net_pool *p, int type, int port);
+/* Closes every socket still in the pool; returns how many. */
+int net_pool_close_rest(struct net_pool *p);
+
+/* The local port fd is bound to, or -1 (not a bound IP socket). */
+int net_local_port(int fd);
+
 /* Formats the address (no port) into out; "?" when unknown. */
 void net_addr_str(const struct sockaddr *sa, char *out, size_t cap);
 
