@@ -19,7 +19,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lpthread
 LIB_SRCS := src/log.c src/file.c src/mem.c src/buf.c src/loop.c src/net.c src/qsbr.c \
             src/domain.c src/routes.c src/cmd.c src/core_client.c src/subcmd.c src/http1.c \
             src/transport.c src/tls.c src/certs.c src/mkcert.c src/backend.c src/proxy.c \
-            src/worker.c src/instance.c src/cli.c src/jws.c src/challenge.c src/acme.c
+            src/worker.c src/instance.c src/handover.c src/systemd.c src/cli.c src/jws.c src/challenge.c src/acme.c
 SRCS     := $(LIB_SRCS) src/main.c
 
 BUILD   ?= build
