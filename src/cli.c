@@ -33,7 +33,8 @@ static const char usage_text[] =
     "  --client-timeout S     seconds for a request head, an idle keep-alive connection or a\n"
     "                         stalled client (default 60)\n"
     "  --backend-timeout S    seconds for a backend to accept and answer, else 504 (default 60)\n"
-    "  --drain-timeout S      seconds to finish in-flight requests at shutdown (default 30)\n"
+    "  --drain-timeout S      seconds to finish in-flight requests at shutdown or takeover\n"
+    "                         (default 30)\n"
     "  --no-access-log        do not log one line per request\n"
     "  --log-file PATH        log file (default logs/core.log in release mode or with\n"
     "                         --daemon, else stderr)\n"
@@ -52,7 +53,21 @@ static const char usage_text[] =
     "  --local                local dev mode: HTTPS with mkcert when it is installed\n"
     "  --release              release mode: HTTPS with certificates from Let's Encrypt (ACME)\n"
     "  --version              print the version\n"
-    "  --help                 print this help\n";
+    "  --help                 print this help\n"
+    "\n"
+    "signals:\n"
+    "  SIGTERM, SIGINT        shut down gracefully: stop accepting, finish in-flight requests\n"
+    "                         (up to --drain-timeout), exit 0 (systemctl stop sends SIGTERM)\n"
+    "  SIGHUP, SIGUSR1        reopen the log file (after an external logrotate)\n"
+    "\n"
+    "starting again (upgrade, restart): run core_server again with the same --config-dir.\n"
+    "  The running instance passes its listening sockets to the new one over\n"
+    "  CONFIG_DIR/handover.sock, then drains: no connection or command is lost. One\n"
+    "  without that socket is asked to \"shutdown\" over the command port; one that does\n"
+    "  not answer is ended by signal (found through CONFIG_DIR/core_server.pid).\n"
+    "systemd: sockets passed by socket activation (LISTEN_FDS) are used instead of binding,\n"
+    "  matched to the ports by address; READY=1 and STOPPING=1 go to NOTIFY_SOCKET\n"
+    "  (units in systemd/).\n";
 
 static void default_dirs(struct config *cfg)
 {

@@ -311,9 +311,11 @@ static int run_server(struct server *s)
      * stop accepting now. */
     if (handover_confirm(&peer, 2 + s->https, err, sizeof err) < 0)
         return fail(err);
-    if (instance_write_pidfile(cfg->config_dir, err, sizeof err) < 0)
-        log_warn("%s (an unresponsive instance cannot be ended by the next one)", err);
+    /* Offer at once: a newer instance started right after us finds the
+     * socket (else it would fall back to the command port). */
     offer_sockets(s);
+    if (instance_write_pidfile(cfg->config_dir, err, sizeof err) < 0)
+        log_warn("%s (if this instance ever hangs, the next one cannot end it)", err);
     log_ready(s);
     instance_daemonize_ready();   /* ports bound: the waiting parent exits 0 */
     loop_run(s->loop);
