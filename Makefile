@@ -7,7 +7,7 @@
 #   make fuzz       build libFuzzer targets under fuzz/ with clang
 
 CC      ?= cc
-PKGS    := openssl jansson libcurl
+PKGS    := openssl jansson libcurl libnghttp2
 CSTD    := -std=c17 -D_GNU_SOURCE
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wno-unused-parameter
@@ -18,7 +18,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lpthread
 # Every module except main.c goes into the library that the unit tests link.
 LIB_SRCS := src/log.c src/file.c src/mem.c src/buf.c src/loop.c src/net.c src/qsbr.c \
             src/domain.c src/routes.c src/cmd.c src/core_client.c src/subcmd.c src/http1.c \
-            src/transport.c src/tls.c src/certs.c src/mkcert.c src/backend.c src/proxy.c \
+            src/transport.c src/tls.c src/certs.c src/mkcert.c src/backend.c src/exchange.c src/client_h2.c src/proxy.c \
             src/worker.c src/instance.c src/handover.c src/systemd.c src/cli.c src/jws.c src/challenge.c src/acme.c
 SRCS     := $(LIB_SRCS) src/main.c
 

@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "buf.h"
 #include "challenge.h"
+#include "client_h2.h"
 #include "cli.h"
 #include "domain.h"
 #include "http1.h"
@@ -54,6 +55,7 @@ enum client_state {
     C_EXCHANGE,    /* a request is in flight */
     C_TUNNEL,      /* upgraded: raw bytes both ways */
     C_LINGER,      /* response sent, write side shut: discarding input briefly */
+    C_H2,          /* ALPN chose h2: client_h2.c speaks on the connection */
 };
 
 enum framing {
@@ -113,6 +115,7 @@ struct client {
     struct buf *in, *out;
     uint32_t in_ok, out_ok;          /* forwardable bytes at the buffers' starts */
     struct backend *be;              /* attached backend connection, or NULL */
+    struct h2_conn *h2;              /* C_H2: the HTTP/2 session */
     struct exchange *ex;
     uint8_t state;                   /* enum client_state */
     bool tls;
@@ -329,10 +332,10 @@ static void log_access(struct client *cl)
 
     if (!log_access_enabled() || !ex || ex->status == 0)
         return;
-    log_info("access %s %s \"%s %s\" %d %llu %llums", cl->addr, ex->host[0] ? ex->host : "-",
+    log_info("access %s %s \"%s %s\" %d %llu %llums HTTP/1.%d", cl->addr, ex->host[0] ? ex->host : "-",
              ex->method[0] ? ex->method : "-", ex->target[0] ? ex->target : "-", ex->status,
              (unsigned long long)ex->bytes_out,
-             (unsigned long long)(loop_now_ms(cl->w->loop) - ex->start_ms));
+             (unsigned long long)(loop_now_ms(cl->w->loop) - ex->start_ms), ex->minor);
 }
 
 static const char *status_reason(int status)
@@ -476,6 +479,10 @@ static void client_close(struct client *cl, const char *why)
         log_access(cl);   /* an upgraded exchange ends with its tunnel */
     if (cl->be)
         drop_backend(cl);
+    if (cl->h2) {
+        client_h2_free(cl->h2);
+        cl->h2 = NULL;
+    }
     if (cl->ex) {
         exchange_put(w, cl->ex);
         cl->ex = NULL;
@@ -525,6 +532,14 @@ static void on_client_timeout(struct loop *l, struct loop_timer *t)
     case C_TUNNEL:
         client_close(cl, "tunnel idle timeout");
         return;
+    case C_H2: {
+        const char *why = NULL;
+        if (client_h2_timed_out(cl->h2, &why))
+            client_close(cl, why);
+        else
+            client_arm(cl, (uint32_t)cl->w->cfg->client_timeout_ms);
+        return;
+    }
     default:
         client_close(cl, NULL);
         return;
@@ -547,6 +562,8 @@ static void on_client_event(struct loop *l, struct loop_fd *h, uint32_t ev)
         cl->wr_ready = true;
     if (cl->parked)
         return;
+    if (cl->h2)
+        client_h2_note_io(cl->h2, ev & (LOOP_READ | LOOP_RDHUP | LOOP_ERROR), ev & LOOP_WRITE);
     client_pump(cl);
 }
 
@@ -1289,6 +1306,43 @@ static bool check_done(struct client *cl)
     return false;
 }
 
+static void client_defer(struct client *cl);
+
+static void on_h2_wake(void *owner)
+{
+    client_defer(owner);
+}
+
+static const struct h2_conn_ops h2_ops = { on_h2_wake };
+
+/* ALPN chose h2: the connection belongs to client_h2.c from now on. */
+static void start_h2(struct client *cl)
+{
+    const char *err = NULL;
+
+    cl->h2 = client_h2_start(cl->w, &cl->tr, cl->addr, transport_sni(&cl->tr), cl, &h2_ops, &err);
+    if (!cl->h2) {
+        log_warn("client %s: cannot start HTTP/2: %s", cl->addr, err);
+        client_close(cl, NULL);
+        return;
+    }
+    cl->state = C_H2;
+    if (cl->w->draining)
+        client_h2_shutdown(cl->h2);
+}
+
+/* One pump of an HTTP/2 connection; the timer measures client progress. */
+static void pump_h2(struct client *cl)
+{
+    const char *why = NULL;
+    int r = client_h2_pump(cl->h2, &why);
+
+    if (r == H2_PUMP_CLOSE)
+        client_close(cl, why);
+    else if (r == H2_PUMP_PROGRESS)
+        client_arm(cl, (uint32_t)cl->w->cfg->client_timeout_ms);
+}
+
 static bool do_handshake(struct client *cl)
 {
     int r;
@@ -1297,6 +1351,10 @@ static bool do_handshake(struct client *cl)
         return false;
     r = transport_handshake(&cl->tr);
     if (r == 0) {
+        if (transport_alpn_is_h2(&cl->tr)) {
+            start_h2(cl);
+            return true;
+        }
         cl->state = C_HEAD;
         cl->rd_ready = true;   /* records may already be buffered */
         return true;
@@ -1342,6 +1400,10 @@ static void client_pump(struct client *cl)
             if (cl->dead || cl->state == C_HANDSHAKE)
                 return;
         }
+        if (cl->state == C_H2) {
+            pump_h2(cl);
+            return;
+        }
         if (cl->state == C_LINGER) {
             if (!linger_read(cl))
                 return;
@@ -1382,6 +1444,12 @@ static void client_pump(struct client *cl)
     /* Still moving after many rounds (a fast stream): yield to the other
      * connections; the edge flags are still set, so come back before the
      * loop sleeps (proxy_run_deferred). */
+    client_defer(cl);
+}
+
+/* Pumps cl again before the loop sleeps. */
+static void client_defer(struct client *cl)
+{
     if (!cl->dead && !cl->deferred) {
         cl->deferred = true;
         cl->deferred_next = cl->w->px->deferred;
@@ -1415,7 +1483,9 @@ void proxy_drain(struct worker *w)
 
     while (cl != &px->clients) {
         struct client *next = cl->next;
-        if (cl->state == C_HANDSHAKE || cl->state == C_LINGER ||
+        if (cl->state == C_H2)
+            client_h2_shutdown(cl->h2);
+        else if (cl->state == C_HANDSHAKE || cl->state == C_LINGER ||
             (cl->state == C_HEAD && (!cl->in || buf_len(cl->in) == 0)))
             client_close(cl, "shutting down");
         cl = next;

@@ -25,8 +25,7 @@ static SSL_CTX *base_ctx;   /* every SSL starts here; owns the session ticket ke
 #define TLS_SID_CTX   "core_server"
 
 /* ALPN protocols we speak, in our order of preference (wire format: a length
- * byte, then the name). HTTP/2 goes first here once the proxy speaks it:
- *     "\x02h2"
+ * byte, then the name): HTTP/2 first (client_h2.c), then HTTP/1.1.
  * "acme-tls/1" (RFC 8737) is not in this list on purpose: it is selected
  * only on a handshake that on_client_hello switched to a tls-alpn-01
  * challenge context, whose own ALPN callback offers nothing else; a normal
@@ -34,6 +33,7 @@ static SSL_CTX *base_ctx;   /* every SSL starts here; owns the session ticket ke
 static const struct {
     const unsigned char *name;   /* length-prefixed */
 } alpn_protos[] = {
+    { (const unsigned char *)"\x02h2" },
     { (const unsigned char *)"\x08http/1.1" },
 };
 

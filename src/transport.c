@@ -55,6 +55,22 @@ bool transport_handshake_done(const struct transport *t)
     return !t->ssl || SSL_is_init_finished(t->ssl);
 }
 
+bool transport_alpn_is_h2(const struct transport *t)
+{
+    const unsigned char *p = NULL;
+    unsigned int n = 0;
+
+    if (!t->ssl)
+        return false;
+    SSL_get0_alpn_selected(t->ssl, &p, &n);
+    return n == 2 && memcmp(p, "h2", 2) == 0;
+}
+
+const char *transport_sni(const struct transport *t)
+{
+    return t->ssl ? SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+}
+
 /* Maps an SSL_* failure to AGAIN/PARKED/ERROR, clearing the error queue so
  * one connection's failure never shows up in another's. */
 static int ssl_result(struct transport *t, int r)

@@ -29,6 +29,10 @@ int transport_start_tls(struct transport *t);
  * or TRANSPORT_ERROR. Always 0 for plain TCP. */
 int transport_handshake(struct transport *t);
 bool transport_handshake_done(const struct transport *t);
+/* After the handshake: whether ALPN chose HTTP/2 ("h2"). */
+bool transport_alpn_is_h2(const struct transport *t);
+/* The TLS server name the client asked for (SNI), NULL when none or plain TCP. */
+const char *transport_sni(const struct transport *t);
 
 /* Bytes read (>0), 0 at end of stream, TRANSPORT_AGAIN or TRANSPORT_ERROR. */
 ssize_t transport_read(struct transport *t, void *buf, size_t len);
