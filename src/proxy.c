@@ -44,6 +44,14 @@
 #define OUT_HEADROOM 64        /* room for the response head to grow in place */
 #define MAX_REQUEST_LINE 8192
 #define LINGER_MS 2000         /* reading and discarding after a closing response */
+/* At shutdown or takeover, an idle keep-alive connection stays open this
+ * long: a client in the middle of a sequence sends its next request, gets
+ * it answered with "Connection: close", and reconnects (to the new
+ * instance). Closing it at once would race that request (a reset, seen
+ * from outside as a lost request). One second covers a page's follow-up
+ * requests and a load generator's next one; longer only keeps the old
+ * instance around for clients that were going to be idle anyway. */
+#define DRAIN_IDLE_GRACE_MS 1000
 #define TUNNEL_TIMEOUT_MS 600000
 #define SPLICE_MIN (64u * 1024)  /* bodies at least this long go through splice(2) */
 #define PIPE_SIZE (256 * 1024)   /* splice pipe capacity asked for */
@@ -757,7 +765,17 @@ static bool scan_request_body(struct client *cl)
     k = frame_scan(&ex->req, buf_head(cl->in) + cl->in_ok, buf_len(cl->in) - cl->in_ok);
     if (k < 0) {
         log_info("client %s: malformed chunked request body", cl->addr);
-        client_close(cl, "malformed chunked body");
+        if (ex->resp_head_done || ex->generated || (cl->out && cl->out_ok > 0 && !ex->head_out)) {
+            client_close(cl, "malformed chunked body");   /* a response has begun */
+            return true;
+        }
+        /* Nothing of a response yet: say why, then close (the rest of the
+         * stream cannot be trusted; the backend connection neither). */
+        drop_backend(cl);
+        buf_consume(cl->in, buf_len(cl->in));
+        cl->in_ok = 0;
+        ex->head_out = 0;
+        send_generated(cl, 400, "Bad Request: malformed chunked body", true, NULL);
         return true;
     }
     cl->in_ok += (uint32_t)k;
@@ -1250,7 +1268,11 @@ static void finish_exchange(struct client *cl)
     }
     if (ex->head_kept)
         buf_consume(cl->in, ex->head_kept);
-    bool close = ex->close_after || cl->rd_eof || cl->w->draining;
+    /* While draining, a response that did not say "Connection: close" (it
+     * began before the drain) still leaves the connection open: the client
+     * may already be sending its next request, which is answered with
+     * close (DRAIN_IDLE_GRACE_MS). */
+    bool close = ex->close_after || cl->rd_eof;
     bool req_done = ex->req.done;
     exchange_put(cl->w, ex);
     cl->ex = NULL;
@@ -1269,7 +1291,7 @@ static void finish_exchange(struct client *cl)
     }
     cl->state = C_HEAD;
     release_idle_buffers(cl);
-    client_arm(cl, (uint32_t)cl->w->cfg->client_timeout_ms);
+    client_arm(cl, cl->w->draining ? DRAIN_IDLE_GRACE_MS : (uint32_t)cl->w->cfg->client_timeout_ms);
 }
 
 static bool check_done(struct client *cl)
@@ -1483,11 +1505,12 @@ void proxy_drain(struct worker *w)
 
     while (cl != &px->clients) {
         struct client *next = cl->next;
+        /* Handshakes finish and serve one request with close; lingering
+         * closes run out; idle keep-alive connections get a short grace. */
         if (cl->state == C_H2)
             client_h2_shutdown(cl->h2);
-        else if (cl->state == C_HANDSHAKE || cl->state == C_LINGER ||
-            (cl->state == C_HEAD && (!cl->in || buf_len(cl->in) == 0)))
-            client_close(cl, "shutting down");
+        else if (cl->state == C_HEAD && (!cl->in || buf_len(cl->in) == 0))
+            client_arm(cl, DRAIN_IDLE_GRACE_MS);
         cl = next;
     }
     backend_pool_close_idle(w->bp);

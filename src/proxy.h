@@ -14,7 +14,9 @@ void proxy_init(struct worker *w);
 void proxy_free(struct worker *w);
 /* Takes ownership of an accepted, non-blocking client fd. */
 void proxy_accept(struct worker *w, int fd, const struct sockaddr *peer, bool tls);
-/* Shutdown: close idle connections now, the others after their response. */
+/* Shutdown or takeover: idle keep-alive connections get a short grace for
+ * one more request (answered with close), HTTP/2 connections get GOAWAY,
+ * the others close after their response. */
 void proxy_drain(struct worker *w);
 /* A certificate became ready or failed: resume parked TLS handshakes. */
 void proxy_resume_parked(void *worker);
