@@ -1,9 +1,11 @@
 /* fuzz_http1.c — libFuzzer target for http1.c. The input is parsed as a
  * request and as a response, whole and as a prefix (which must answer
  * INCOMPLETE or the same); parsed heads are rewritten and the output parsed
- * again (it must be a valid head with the same framing); the input, and the
- * body after a chunked request head, are scanned as chunked bodies in random
- * pieces (which must agree with one pass). Limits and split points come
+ * again (it must be a valid head with the same framing, one Host and at
+ * most one Content-Length); a parsed Host holds no byte a host cannot; the
+ * input, and the body after a chunked request head, are scanned as chunked
+ * bodies in random pieces (which must agree with one pass) and decoded
+ * (which must agree with the scan). Limits and split points come
  * from a PRNG seeded by the input, so every run is reproducible. */
 #include "http1.h"
 
@@ -55,6 +57,41 @@ static bool is_hop_by_hop(struct http1_slice name)
     return false;
 }
 
+/* Whether a parsed Host value holds only bytes a uri-host [":" port] can
+ * (RFC 3986: reg-name, %XX, "[v6]"): an oracle apart from the parser's own
+ * grammar, for "a b", "user@host" and their like. */
+static bool host_bytes_plausible(struct http1_slice h)
+{
+    for (size_t i = 0; i < h.len; i++) {
+        unsigned char c = (unsigned char)h.base[i];
+        if (c <= 0x20 || c >= 0x7f || strchr("@/\\?#\"<>^`{|}", c))
+            return false;
+    }
+    return true;
+}
+
+/* How many headers of a parsed message are named `lower`. */
+static size_t count_named(const struct http1_header *headers, size_t n, const char *lower)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += http1_slice_eq(headers[i].name, lower);
+    return k;
+}
+
+/* Decoding in one pass must stop where scanning does, with the same
+ * outcome, and yield no more data than it consumed. */
+static void fuzz_chunked_decode(const char *body, size_t n, ssize_t whole, bool done)
+{
+    struct http1_chunked c = { 0 };
+    char *b = copy_of(body, n);
+    size_t data = 0;
+    ssize_t r = http1_chunked_decode(&c, b, n, &data);
+    ASSERT(r == whole && c.done == done);
+    ASSERT(r < 0 || data <= (size_t)r);
+    free(b);
+}
+
 /* Scans body as chunked in one pass, then in up to 8 random pieces:
  * both must stop at the same byte with the same outcome. */
 static void fuzz_chunked(const char *body, size_t n, uint64_t *rng)
@@ -63,6 +100,8 @@ static void fuzz_chunked(const char *body, size_t n, uint64_t *rng)
     ssize_t whole = http1_chunked_scan(&one, body, n);
     ASSERT(whole == -1 || (whole >= 0 && (size_t)whole <= n));
     ASSERT(whole == -1 || one.done || (size_t)whole == n);
+    ASSERT(one.remaining <= (uint64_t)INT64_MAX);   /* larger sizes are refused */
+    fuzz_chunked_decode(body, n, whole, one.done);
 
     struct http1_chunked c = { 0 };
     size_t pos = 0, total = 0;
@@ -122,6 +161,11 @@ static void fuzz_request_rewrite(const struct http1_request *req, int head_len, 
         ASSERT(again.info.conn_upgrade == req->info.conn_upgrade);
         ASSERT(again.info.host.len == req->info.host.len &&
                memcmp(again.info.host.base, req->info.host.base, req->info.host.len) == 0);
+        /* One Host and at most one Content-Length go out, whatever came in
+         * (identical duplicates and "5, 5" are sent as one field). */
+        ASSERT(count_named(again.headers, again.num_headers, "host") == 1);
+        ASSERT(count_named(again.headers, again.num_headers, "content-length") ==
+               (req->info.content_length >= 0 ? 1u : 0u));
         for (size_t i = 0; i < again.num_headers; i++) {
             const struct http1_header *f = &again.headers[i];
             if (req->info.conn_upgrade && http1_slice_eq(f->name, "connection"))
@@ -153,6 +197,8 @@ static void fuzz_request(const char *buf, size_t n, uint64_t *rng)
         for (size_t i = 0; i < req.num_headers; i++)
             ASSERT(within(req.headers[i].name, buf, (size_t)r) && within(req.headers[i].value, buf, (size_t)r));
         ASSERT(!(req.info.chunked && req.info.content_length >= 0));
+        ASSERT(!req.info.host.base || host_bytes_plausible(req.info.host));
+        ASSERT(count_named(req.headers, req.num_headers, "host") <= 1);
     }
 
     /* A prefix answers INCOMPLETE or exactly what the whole input does. */
@@ -190,6 +236,8 @@ static void fuzz_response_rewrite(const struct http1_response *resp, int head_le
         ASSERT(r == (int)w);
         ASSERT(again.status == resp->status);
         ASSERT(again.info.content_length == resp->info.content_length);
+        ASSERT(count_named(again.headers, again.num_headers, "content-length") ==
+               (resp->info.content_length >= 0 ? 1u : 0u));
         /* HTTP/1.0 clients get the chunked body decoded: no Transfer-Encoding. */
         ASSERT(again.info.chunked == (resp->info.chunked && client_minor == 1));
         if (close && resp->status != 101)

@@ -4,6 +4,7 @@
  * names that matter are recognised by length, then a case-insensitive compare. */
 #include "http1.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <string.h>
 
@@ -107,6 +108,87 @@ static bool list_next(struct http1_slice *rest, struct http1_slice *elem)
         *rest = (struct http1_slice){ comma + 1, (size_t)(end - comma - 1) };
     else
         *rest = (struct http1_slice){ NULL, 0 };
+    return true;
+}
+
+static inline int hex_value(unsigned char c)
+{
+    if ((unsigned)(c - '0') < 10)
+        return c - '0';
+    c |= 0x20;
+    if ((unsigned)(c - 'a') < 6)
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* ---- Host values (RFC 9110 7.2, RFC 3986 3.2.2) ----------------------------- */
+
+/* unreserved / sub-delims: what a reg-name holds besides pct-encoded. */
+static bool is_reg_name_char(unsigned char c)
+{
+    if ((unsigned)(to_lower(c) - 'a') < 26 || (unsigned)(c - '0') < 10)
+        return true;
+    return c != '\0' && strchr("-._~!$&'()*+,;=", c) != NULL;
+}
+
+/* reg-name = *( unreserved / pct-encoded / sub-delims ); IPv4 addresses
+ * are reg-names too. */
+static bool reg_name_valid(const char *p, const char *end)
+{
+    while (p < end) {
+        if (*p == '%') {
+            if (end - p < 3 || hex_value((unsigned char)p[1]) < 0 || hex_value((unsigned char)p[2]) < 0)
+                return false;
+            p += 3;
+        } else if (!is_reg_name_char((unsigned char)*p++)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The inside of "[...]": an IPv6 address, checked by inet_pton on a copy
+ * (no zone identifier: RFC 3986 has none). IPvFuture ("[v1.x]") is refused:
+ * no such address form exists, so no request could be routed by one. */
+static bool ipv6_literal_valid(const char *p, size_t n)
+{
+    char text[INET6_ADDRSTRLEN];
+    struct in6_addr addr;
+    if (n >= sizeof text)
+        return false;
+    memcpy(text, p, n);
+    text[n] = '\0';
+    return inet_pton(AF_INET6, text, &addr) == 1;
+}
+
+/* Whether v is uri-host [ ":" port ] (RFC 9110 7.2), port being *DIGIT.
+ * An empty value is valid (RFC 9112 3.2: what a client sends when the URI
+ * has no authority); an empty host before a port (":80") is not, since an
+ * http URI must not have an empty host (RFC 9110 4.2.1). */
+static bool host_valid(struct http1_slice v)
+{
+    const char *p = v.base, *end = v.base + v.len, *host_end;
+    if (v.len == 0)
+        return true;
+    if (*p == '[') {
+        const char *close = memchr(p, ']', v.len);
+        if (!close || !ipv6_literal_valid(p + 1, (size_t)(close - p - 1)))
+            return false;
+        host_end = close + 1;
+    } else {
+        host_end = memchr(p, ':', v.len);
+        if (!host_end)
+            host_end = end;
+        if (host_end == p || !reg_name_valid(p, host_end))
+            return false;
+    }
+    if (host_end == end)
+        return true;
+    if (*host_end != ':')
+        return false;
+    for (const char *d = host_end + 1; d < end; d++)
+        if ((unsigned)(*d - '0') > 9)
+            return false;
     return true;
 }
 
@@ -441,10 +523,15 @@ static int on_header(struct head *h, const struct http1_header *f)
         h->upgrade_seen = true;
         return 0;
     case H_HOST:
-        if (h->request && ++h->hosts > 1)
+        if (!h->request)
+            return 0;
+        if (++h->hosts > 1)
             return fail(h, "more than one Host");
-        if (h->request)
-            h->info->host = f->value;
+        /* RFC 9112 3.2: an invalid Host value is 400, like a missing one;
+         * left to routing it would be a 404 for "user@host" or "a b". */
+        if (!host_valid(f->value))
+            return fail(h, "invalid Host");
+        h->info->host = f->value;
         return 0;
     case H_EXPECT:
         if (h->request && SLICE_IS(f->value, "100-continue"))
@@ -560,6 +647,8 @@ static int apply_target_form(struct head *h, struct http1_request *req)
         return fail(h, "absolute-form target without a host");
     if (memchr(a, '@', (size_t)(p - a)))
         return fail(h, "absolute-form target with userinfo");
+    if (!host_valid((struct http1_slice){ a, (size_t)(p - a) }))
+        return fail(h, "invalid host in absolute-form target");
     req->absolute_form = true;
     req->info.host = (struct http1_slice){ a, (size_t)(p - a) };
     if (p == end || *p != '/') {
@@ -656,16 +745,6 @@ enum {
 
 #define CHUNK_LINE_MAX 4096   /* size line or trailer line, its CRLF included */
 
-static inline int hex_value(unsigned char c)
-{
-    if ((unsigned)(c - '0') < 10)
-        return c - '0';
-    c |= 0x20;
-    if ((unsigned)(c - 'a') < 6)
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* Advances the framing state machine by one byte outside chunk data;
  * false on malformed framing. Line ends must be CRLF exactly: the body is
  * relayed verbatim, so accepting what the backend might read differently
@@ -679,7 +758,9 @@ static bool chunked_step(struct http1_chunked *c, unsigned char ch)
     case CH_SIZE: {
         int d = hex_value(ch);
         if (d >= 0) {
-            if (c->remaining > (UINT64_MAX >> 4))
+            /* At most INT64_MAX, as nginx (off_t): a backend reading the
+             * size into a signed 64-bit integer must not see it negative. */
+            if (c->remaining > ((uint64_t)INT64_MAX >> 4))
                 return false;
             c->remaining = c->remaining << 4 | (unsigned)d;
             c->state = CH_SIZE;
@@ -835,6 +916,33 @@ static void put_header(struct out *o, const struct http1_header *f)
     PUT_LIT(o, "\r\n");
 }
 
+/* Content-Length as the parsed number, written for the first
+ * Content-Length field only: identical duplicates ("5" twice, or "5, 5")
+ * go on as one field (RFC 9110 8.6 lets a recipient replace the list with
+ * the single value, as nginx and HAProxy do), never as two lines the next
+ * hop could read differently. Returns false when f is another header, or
+ * when the message carries no parsed length (a head built by hand). */
+static bool put_content_length_once(struct out *o, const struct http1_header *f, enum hdr_id id,
+                                    int64_t content_length, bool *written)
+{
+    if (id != H_CONTENT_LENGTH || content_length < 0)
+        return false;
+    if (!*written) {
+        char digits[20];   /* INT64_MAX has 19 */
+        size_t i = sizeof digits;
+        uint64_t v = (uint64_t)content_length;
+        do
+            digits[--i] = (char)('0' + v % 10);
+        while (v /= 10);
+        put_slice(o, f->name);
+        PUT_LIT(o, ": ");
+        put(o, digits + i, sizeof digits - i);
+        PUT_LIT(o, "\r\n");
+        *written = true;
+    }
+    return true;
+}
+
 static ssize_t out_result(const struct out *o, const char *start)
 {
     return o->full ? -1 : o->p - start;
@@ -946,9 +1054,13 @@ ssize_t http1_write_request_head(const struct http1_request *req, const struct h
         put_slice(&o, req->info.host);
         PUT_LIT(&o, "\r\n");
     }
+    bool cl_written = false;
     for (size_t i = 0; i < req->num_headers; i++) {
         const struct http1_header *f = &req->headers[i];
-        if (req->absolute_form && hdr_lookup(f->name) == H_HOST)
+        enum hdr_id id = hdr_lookup(f->name);
+        if (req->absolute_form && id == H_HOST)
+            continue;
+        if (put_content_length_once(&o, f, id, req->info.content_length, &cl_written))
             continue;
         if (header_forwarded(f, F_HOP | F_FORWARDED, upgrade, &cn))
             put_header(&o, f);
@@ -989,10 +1101,15 @@ ssize_t http1_write_response_head(const struct http1_response *resp, bool close,
     /* An HTTP/1.0 client cannot read chunked: the proxy decodes the body
      * (http1_chunked_decode) and ends it by closing the connection. */
     bool dechunk = client_minor_version == 0 && resp->info.chunked;
-    for (size_t i = 0; i < resp->num_headers; i++)
-        if (header_forwarded(&resp->headers[i], F_HOP, upgrade, &cn) &&
-            !(dechunk && http1_slice_eq(resp->headers[i].name, "transfer-encoding")))
-            put_header(&o, &resp->headers[i]);
+    bool cl_written = false;
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        const struct http1_header *f = &resp->headers[i];
+        enum hdr_id id = hdr_lookup(f->name);
+        if (put_content_length_once(&o, f, id, resp->info.content_length, &cl_written))
+            continue;
+        if (header_forwarded(f, F_HOP, upgrade, &cn) && !(dechunk && id == H_TRANSFER_ENCODING))
+            put_header(&o, f);
+    }
     if (upgrade)
         PUT_LIT(&o, "Connection: upgrade\r\n");
     else if (close)

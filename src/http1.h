@@ -81,10 +81,14 @@ struct http1_response {
  * duplicates such as "5, 5" are accepted as 5), a Transfer-Encoding not
  * ending in "chunked", "chunked" anywhere but last or with parameters,
  * Transfer-Encoding in HTTP/1.0, a version other than HTTP/1.0 or 1.1, more
- * than one Host, HTTP/1.1 without Host. Empty lines before the request line
+ * than one Host, HTTP/1.1 without Host, a Host value that is not
+ * uri-host [":" port] (RFC 9112 3.2, RFC 3986 3.2.2: a reg-name of
+ * unreserved, sub-delims and %XX, or a bracketed IPv6 address, then
+ * optional ":" and digits; so "a b", "user@host", "a/b" are 400 while an
+ * empty value is accepted). Empty lines before the request line
  * are skipped (RFC 9112 2.2). An absolute-form target (scheme http or
- * https) sets `path` and info.host from the URI; one with an empty authority
- * or userinfo ("user@host") is 400. */
+ * https) sets `path` and info.host from the URI; one with an empty authority,
+ * userinfo ("user@host") or a host as invalid as above is 400. */
 int http1_parse_request(const char *buf, size_t len, size_t max_head, size_t max_line,
                         struct http1_request *req);
 
@@ -110,7 +114,8 @@ struct http1_chunked {
 };
 /* Scans buf[0..len): returns how many bytes belong to the body (stops right
  * after the end of the body, setting done; 0 once done), or -1 on malformed
- * framing: bad hex, size overflow, missing CRLF after data, a size or trailer
+ * framing: bad hex (including a sign or a "0x" prefix), a size above
+ * INT64_MAX, missing CRLF after data, a size or trailer
  * line longer than 4 KiB with its CRLF, a line end other than CRLF, control
  * characters in extensions or trailers, a malformed trailer field. Strict on
  * purpose: the body is relayed verbatim, so anything the backend could read
@@ -119,6 +124,7 @@ ssize_t http1_chunked_scan(struct http1_chunked *c, const char *buf, size_t len)
 
 /* Like http1_chunked_scan, and also removes the chunk framing in place:
  * the chunk data of buf[0..return value) is moved to buf[0..*data_len).
+ * Refuses exactly what http1_chunked_scan refuses.
  * For HTTP/1.0 clients, which cannot read chunked bodies. */
 ssize_t http1_chunked_decode(struct http1_chunked *c, char *buf, size_t len, size_t *data_len);
 
@@ -132,7 +138,10 @@ struct http1_forward {
  * line with the target in origin form (`path`; HTTP/1.1 towards the
  * backend), for an absolute-form target "Host: <the URI's authority>" in
  * place of the received Host header, every end-to-end header
- * unchanged and in order as "Name: value\r\n" (Host included), without the
+ * unchanged and in order as "Name: value\r\n" (Host included) except
+ * Content-Length, which goes out once, where the first one was, as the
+ * parsed number (identical duplicates and lists such as "5, 5" become one
+ * "Content-Length: 5"; RFC 9110 8.6), without the
  * hop-by-hop headers (Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
  * Upgrade, Proxy-Authenticate, Proxy-Authorization and any named in
  * Connection) except that Content-Length, Transfer-Encoding and Host are
@@ -150,7 +159,8 @@ ssize_t http1_write_request_head(const struct http1_request *req, const struct h
 
 /* Writes the response head for the client: status line ("HTTP/1.1 <status>
  * <reason>", the space kept when the reason is empty), end-to-end headers
- * unchanged and in order, hop-by-hop ones removed as for requests
+ * unchanged and in order (Content-Length once, as for requests),
+ * hop-by-hop ones removed as for requests
  * (Content-Length, Transfer-Encoding kept, except that Transfer-Encoding
  * is dropped for an HTTP/1.0 client: the caller decodes that body with
  * http1_chunked_decode and closes after it, so close must be true), then for 101 the Upgrade header kept and

@@ -413,6 +413,70 @@ static void test_reject_duplicate_host(void)
     REJECT("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400, "more than one Host");
 }
 
+static void test_reject_duplicate_host_at_every_split(void)
+{
+    check_prefixes(LIT("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"), MAX_HEAD, MAX_LINE, HTTP1_ERROR);
+    /* the same value twice is still two Host fields */
+    REJECT("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400, "more than one Host");
+    REJECT("GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400, "more than one Host");
+}
+
+/* Host values that are not uri-host [":" port] (RFC 9112 3.2, RFC 3986). */
+static const char *const invalid_hosts[] = {
+    "a b", "user@host", "u:p@host", "a/b", "a\\b", "a?b", "a#b", "a\"b", "a<b>", "a{b}", "a|b", "a^b",
+    "a`b", "caf\xc3\xa9.test", "a%zz", "a%4", "a%", ":80", ":", "a:b", "a:80:90", "a:-1", "a:8 0",
+    "[::1", "[::1]x", "[::1]:8a", "[::1]]", "[]", "[zz::1]", "[1.2.3.4]", "[::1%25eth0]", "[v1.x]",
+    "::1", "a]b", "[a]",
+};
+
+static void test_reject_invalid_host(void)
+{
+    for (size_t i = 0; i < sizeof(invalid_hosts) / sizeof(invalid_hosts[0]); i++) {
+        char s[256];
+        int n = snprintf(s, sizeof s, "GET / HTTP/1.1\r\nX: 1\r\nHost: %s\r\nY: 2\r\n\r\n", invalid_hosts[i]);
+        struct http1_request req;
+        int r = parse_req(s, (size_t)n, &req);
+        if (r != HTTP1_ERROR || req.error_status != 400 || !req.error || strcmp(req.error, "invalid Host") != 0)
+            fprintf(stderr, "Host: %s: got %d\n", invalid_hosts[i], r);
+        CHECK(r == HTTP1_ERROR && req.error_status == 400);
+        CHECK_STR(req.error, "invalid Host");
+        check_prefixes(s, (size_t)n, MAX_HEAD, MAX_LINE, HTTP1_ERROR);
+    }
+    /* HTTP/1.0 has no Host requirement, but a Host it sends must be valid. */
+    REJECT("GET / HTTP/1.0\r\nHost: user@a.test\r\n\r\n", 400, "invalid Host");
+    /* An invalid first Host is reported before the second one. */
+    REJECT("GET / HTTP/1.1\r\nHost: a b\r\nHost: c\r\n\r\n", 400, "invalid Host");
+}
+
+static void test_parse_valid_host_forms(void)
+{
+    static const char *const valid[] = {
+        "example.com", "Example.COM:8080", "a", "127.0.0.1", "127.0.0.1:80", "[::1]", "[::1]:8080",
+        "[2001:DB8::ffff:1.2.3.4]:443", "a_b.test", "xn--caf-dma.test", "a%41.test", "a.test:",
+        "a.test.", "a-b.test:65535", "!$&'()*+,;=~",
+    };
+    for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
+        char s[256];
+        int n = snprintf(s, sizeof s, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", valid[i]);
+        struct http1_request req;
+        int r = parse_req(s, (size_t)n, &req);
+        if (r != n)
+            fprintf(stderr, "Host: %s: got %d (%s)\n", valid[i], r, req.error ? req.error : "");
+        CHECK(r == n);
+        CHECK(slice_is(req.info.host, valid[i]));
+        check_prefixes(s, (size_t)n, MAX_HEAD, MAX_LINE, n);
+    }
+    /* RFC 9112 3.2: an empty Host is what a client without an authority sends. */
+    struct http1_request req;
+    CHECK(parse_req(LIT("GET / HTTP/1.1\r\nHost:\r\n\r\n"), &req) > 0);
+    CHECK(req.info.host.base != NULL && req.info.host.len == 0);
+    CHECK(parse_req(LIT("GET / HTTP/1.1\r\nHost:   \r\n\r\n"), &req) > 0);
+    CHECK(req.info.host.len == 0);
+    /* Whitespace around the value is not part of it. */
+    CHECK(parse_req(LIT("GET / HTTP/1.1\r\nHost: \t a.test \t\r\n\r\n"), &req) > 0);
+    CHECK(slice_is(req.info.host, "a.test"));
+}
+
 static void test_reject_http11_without_host(void)
 {
     REJECT("GET / HTTP/1.1\r\nX: y\r\n\r\n", 400, "HTTP/1.1 request without Host");
@@ -674,17 +738,77 @@ static void test_chunked_incomplete_is_not_done(void)
 static void test_chunked_large_size_counts_down(void)
 {
     struct http1_chunked c = { 0 };
-    CHECK(http1_chunked_scan(&c, LIT("ffffffffffffffff\r\nabc")) == 21);
-    CHECK(c.remaining == UINT64_MAX - 3);
+    CHECK(http1_chunked_scan(&c, LIT("7fffffffffffffff\r\nabc")) == 21);
+    CHECK(c.remaining == (uint64_t)INT64_MAX - 3);
     CHECK(!c.done);
+    /* Leading zeros do not count towards the limit, only the value. */
+    struct http1_chunked z = { 0 };
+    CHECK(http1_chunked_scan(&z, LIT("000000000000000000001\r\nx\r\n0\r\n\r\n")) == 31);
+    CHECK(z.done);
 }
 
+/* Decodes s in pieces split at `split` (0: one piece) into out; returns the
+ * total consumed, -1 on error; *out_len is the data so far. */
+static ssize_t decode_split(const char *s, size_t n, size_t split, char *out, size_t *out_len, bool *done)
+{
+    struct http1_chunked c = { 0 };
+    size_t total = 0;
+    size_t cuts[3] = { 0, split ? split : n, n };
+    *out_len = 0;
+    for (int i = 0; i < 2 && !c.done; i++) {
+        size_t len = cuts[i + 1] - cuts[i], data = 0;
+        char *b = malloc(len ? len : 1);
+        memcpy(b, s + cuts[i], len);
+        ssize_t r = http1_chunked_decode(&c, b, len, &data);
+        if (r >= 0) {
+            CHECK((size_t)r <= len && data <= (size_t)r);
+            memcpy(out + *out_len, b, data);
+            *out_len += data;
+        }
+        free(b);
+        if (r < 0) {
+            *done = c.done;
+            return -1;
+        }
+        total += (size_t)r;
+    }
+    *done = c.done;
+    return (ssize_t)total;
+}
+
+static void test_chunked_decode_removes_framing_at_every_split(void)
+{
+    static const char s[] = "4;x=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nT: 1\r\n\r\nNEXT";
+    static const char data[] = "Wikipedia in\r\n\r\nchunks.";
+    const size_t body = sizeof(s) - 1 - 4;
+    for (size_t k = 0; k < sizeof(s) - 1; k++) {
+        char out[sizeof(s)];
+        size_t out_len;
+        bool done;
+        ssize_t r = decode_split(LIT(s), k, out, &out_len, &done);
+        bool ok = r == (ssize_t)body && done && out_len == sizeof(data) - 1 && memcmp(out, data, out_len) == 0;
+        if (!ok)
+            fprintf(stderr, "decode split %zu: got %zd, %zu bytes\n", k, r, out_len);
+        CHECK(ok);
+    }
+}
+
+/* Malformed framing is -1 from the scanner and the decoder, whole and split
+ * at every point (the pieces before the bad byte are accepted). */
 static void check_chunked_rejected(const char *s, size_t n)
 {
-    bool done;
-    ssize_t r = scan_split(s, n, 0, &done);
-    CHECK(r == -1);
-    CHECK(!done);
+    for (size_t k = 0; k < (n ? n : 1); k++) {
+        bool done;
+        char *out = malloc(n ? n : 1);
+        size_t out_len;
+        ssize_t r = scan_split(s, n, k, &done);
+        ssize_t d = decode_split(s, n, k, out, &out_len, &done);
+        free(out);
+        if (r != -1 || d != -1)
+            fprintf(stderr, "chunked %.*s split %zu: scan %zd, decode %zd\n", (int)(n < 40 ? n : 40), s, k, r, d);
+        CHECK(r == -1 && d == -1);
+        CHECK(!done);
+    }
 }
 
 static void test_chunked_rejects_malformed_framing(void)
@@ -694,6 +818,26 @@ static void test_chunked_rejects_malformed_framing(void)
     check_chunked_rejected(LIT("-1\r\n"));
     check_chunked_rejected(LIT("0x5\r\nhello\r\n"));
     check_chunked_rejected(LIT("10000000000000000\r\n"));      /* 2^64: overflow */
+    check_chunked_rejected(LIT("ffffffffffffffff\r\n"));       /* above INT64_MAX */
+    check_chunked_rejected(LIT("8000000000000000\r\nabc"));    /* INT64_MAX + 1 */
+    check_chunked_rejected(LIT("fffffffffffffffff\r\n"));      /* 17 digits */
+    check_chunked_rejected(LIT("0X5\r\nhello\r\n"));
+    check_chunked_rejected(LIT("x5\r\nhello\r\n"));
+    check_chunked_rejected(LIT("+5\r\nhello\r\n"));
+    check_chunked_rejected(LIT("-0\r\n\r\n"));
+    check_chunked_rejected(LIT(" 5\r\nhello\r\n"));            /* leading whitespace */
+    check_chunked_rejected(LIT("5\r\nhello\r\n\r\n"));        /* empty size line */
+    check_chunked_rejected(LIT("5\r\nhello0\r\n\r\n"));       /* data longer than the size */
+    check_chunked_rejected(LIT("5\r\nhello\n0\r\n\r\n"));     /* bare LF after data */
+    check_chunked_rejected(LIT("5\r\nhello\r0\r\n\r\n"));     /* bare CR after data */
+    check_chunked_rejected(LIT("5\r\nhello\r\r\n0\r\n\r\n")); /* CR CR LF after data */
+    check_chunked_rejected(LIT("5\r\r\nhello\r\n"));          /* CR CR LF after size */
+    check_chunked_rejected(LIT("5\n\r\nhello\r\n"));          /* LF before CRLF */
+    check_chunked_rejected(LIT("5;a\rb\r\nhello\r\n"));       /* bare CR in extension */
+    check_chunked_rejected(LIT("0\n\r\n"));                    /* bare LF after the last size */
+    check_chunked_rejected(LIT("0\r\r\n"));                    /* bare CR after the last size */
+    check_chunked_rejected(LIT("0\r\n\r\r\n"));               /* bare CR ends the body */
+    check_chunked_rejected(LIT("0\r\nX: y\r\r\n"));           /* bare CR in trailer */
     check_chunked_rejected(LIT("3\r\nabcX\r\n"));              /* missing CRLF after data */
     check_chunked_rejected(LIT("3\r\nabc\n0\r\n\r\n"));        /* bare LF after data */
     check_chunked_rejected(LIT("3\nabc\r\n"));                 /* bare LF after size */
@@ -727,6 +871,11 @@ static void test_chunked_error_is_sticky(void)
     struct http1_chunked c = { 0 };
     CHECK(http1_chunked_scan(&c, LIT("z")) == -1);
     CHECK(http1_chunked_scan(&c, LIT("0\r\n\r\n")) == -1);
+    struct http1_chunked d = { 0 };
+    char b[8] = "z0\r\n\r\n";
+    size_t data;
+    CHECK(http1_chunked_decode(&d, b, 1, &data) == -1);
+    CHECK(http1_chunked_decode(&d, b + 1, 5, &data) == -1);
 }
 
 /* ---- Rewriting ------------------------------------------------------------------- */
@@ -780,6 +929,15 @@ static void test_absolute_form_https_and_upper_case_scheme(void)
     CHECK(slice_is(req.path, "/"));
 }
 
+static void test_absolute_form_ipv6_authority(void)
+{
+    struct http1_request req;
+    CHECK(parse_req(LIT("GET http://[::1]:8080/x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"), &req) > 0);
+    CHECK(req.absolute_form);
+    CHECK(slice_is(req.info.host, "[::1]:8080"));
+    CHECK(slice_is(req.path, "/x"));
+}
+
 static void test_origin_form_path_is_the_target(void)
 {
     struct http1_request req;
@@ -798,6 +956,14 @@ static void test_absolute_form_without_host_or_with_userinfo_is_400(void)
     REJECT("GET http:// HTTP/1.1\r\nHost: a\r\n\r\n", 400, "absolute-form target without a host");
     REJECT("GET http://u:p@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", 400,
            "absolute-form target with userinfo");
+    REJECT("GET http://a%zz/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid host in absolute-form target");
+    REJECT("GET http://:80/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid host in absolute-form target");
+    REJECT("GET http://[::1/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid host in absolute-form target");
+    REJECT("GET http://a\\b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid host in absolute-form target");
+    REJECT("GET http://a.test:8x/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "invalid host in absolute-form target");
+    check_prefixes(LIT("GET http://a%zz/ HTTP/1.1\r\nHost: a\r\n\r\n"), MAX_HEAD, MAX_LINE, HTTP1_ERROR);
+    /* The Host header is checked too, although the URI's authority wins. */
+    REJECT("GET http://a.test/ HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "invalid Host");
     /* HTTP/1.1 still needs a Host header (RFC 9112 3.2). */
     REJECT("GET http://a.test/ HTTP/1.1\r\n\r\n", 400, "HTTP/1.1 request without Host");
 }
@@ -930,6 +1096,50 @@ static void test_write_request_upgrade_keeps_connection_upgrade(void)
                           "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n");
 }
 
+static void test_write_request_identical_content_lengths_go_out_as_one(void)
+{
+    /* RFC 9110 8.6: the list of one repeated value is replaced by the value,
+     * where the first Content-Length was; never two lines. */
+    check_request_rewrite(LIT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\n"
+                              "Content-Length: 5\r\n\r\n"), &fwd_http,
+                          "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\n"
+                          "X-Forwarded-For: 203.0.113.7\r\n"
+                          "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n");
+    check_request_rewrite(LIT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n"), &fwd_http,
+                          "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                          "X-Forwarded-For: 203.0.113.7\r\n"
+                          "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n");
+    check_request_rewrite(LIT("POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 005\r\n"
+                              "Content-Length: 5,5 , 05\r\n\r\n"), &fwd_http,
+                          "POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\n"
+                          "X-Forwarded-For: 203.0.113.7\r\n"
+                          "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n");
+    check_request_rewrite(LIT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n"),
+                          &fwd_http,
+                          "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n"
+                          "X-Forwarded-For: 203.0.113.7\r\n"
+                          "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n");
+    check_request_rewrite(LIT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9223372036854775807\r\n"
+                              "Content-Length: 9223372036854775807\r\n\r\n"), &fwd_http,
+                          "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9223372036854775807\r\n"
+                          "X-Forwarded-For: 203.0.113.7\r\n"
+                          "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n");
+}
+
+static void test_identical_content_lengths_at_every_split(void)
+{
+    static const char s[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\n";
+    check_prefixes(LIT(s), MAX_HEAD, MAX_LINE, (int)sizeof(s) - 1);
+    check_prefixes(LIT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+                   MAX_HEAD, MAX_LINE, HTTP1_ERROR);
+    check_prefixes(LIT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n"),
+                   MAX_HEAD, MAX_LINE, HTTP1_ERROR);
+    REJECT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", 400, "differing Content-Length values");
+    REJECT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5, 6\r\n\r\n", 400,
+           "differing Content-Length values");
+    REJECT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n", 400, "invalid Content-Length");
+}
+
 static void test_write_request_http10_becomes_http11(void)
 {
     check_request_rewrite(LIT("GET /old HTTP/1.0\r\nUser-Agent: x\r\n\r\n"), &fwd_http,
@@ -965,6 +1175,14 @@ static void test_write_response_keeps_end_to_end_headers(void)
                                "Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n"), false, 1,
                            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 12\r\n"
                            "Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n");
+}
+
+static void test_write_response_identical_content_lengths_go_out_as_one(void)
+{
+    check_response_rewrite(LIT("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nContent-Length: 2, 2\r\n\r\n"),
+                           false, 1, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\n");
+    check_response_rewrite(LIT("HTTP/1.1 200 OK\r\ncontent-length: 02\r\n\r\n"), true, 0,
+                           "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: close\r\n\r\n");
 }
 
 static void test_write_response_removes_hop_by_hop_headers(void)
@@ -1059,6 +1277,9 @@ int main(void)
     test_reject_malformed_request_line();
     test_reject_unsupported_version();
     test_reject_duplicate_host();
+    test_reject_duplicate_host_at_every_split();
+    test_reject_invalid_host();
+    test_parse_valid_host_forms();
     test_reject_http11_without_host();
 
     test_request_line_longer_than_max_line_is_414();
@@ -1083,12 +1304,14 @@ int main(void)
     test_chunked_byte_by_byte();
     test_chunked_incomplete_is_not_done();
     test_chunked_large_size_counts_down();
+    test_chunked_decode_removes_framing_at_every_split();
     test_chunked_rejects_malformed_framing();
     test_chunked_rejects_long_line();
     test_chunked_error_is_sticky();
 
     test_absolute_form_host_comes_from_the_uri();
     test_absolute_form_https_and_upper_case_scheme();
+    test_absolute_form_ipv6_authority();
     test_origin_form_path_is_the_target();
     test_absolute_form_without_host_or_with_userinfo_is_400();
     test_write_request_absolute_form_goes_out_in_origin_form();
@@ -1102,9 +1325,12 @@ int main(void)
     test_write_request_keeps_framing_headers_named_in_connection();
     test_write_request_drops_x_forwarded_for_named_in_connection();
     test_write_request_upgrade_keeps_connection_upgrade();
+    test_write_request_identical_content_lengths_go_out_as_one();
+    test_identical_content_lengths_at_every_split();
     test_write_request_http10_becomes_http11();
     test_write_request_fails_when_it_does_not_fit();
     test_write_response_keeps_end_to_end_headers();
+    test_write_response_identical_content_lengths_go_out_as_one();
     test_write_response_removes_hop_by_hop_headers();
     test_write_response_connection_close();
     test_write_response_keep_alive_for_http10_client();
