@@ -421,6 +421,23 @@ static size_t build_nv(const struct exchange_head *h, nghttp2_nv *nv, char *stat
     return n;
 }
 
+/* The backend's trailers, if any, go in a HEADERS frame that ends the
+ * stream (nghttp2 sends it after the last DATA). */
+static void submit_trailers(struct h2_stream *st, uint32_t *flags)
+{
+    struct http1_header tr[32];
+    struct exchange_head h = { .headers = tr };
+    nghttp2_nv nv[33];
+    char status[4], names[4096];
+
+    h.num_headers = exchange_trailers(st->st_ex, tr, 32);
+    if (h.num_headers == 0)
+        return;
+    size_t n = build_nv(&h, nv, status, names, sizeof names);
+    if (nghttp2_submit_trailer(st->st_conn->c_session, st->st_id, nv + 1, n - 1) == 0)
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+}
+
 static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
                          nghttp2_data_source *src, void *user)
 {
@@ -436,6 +453,7 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     }
     if (eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+        submit_trailers(st, flags);
         return (ssize_t)n;
     }
     if (n == 0) {

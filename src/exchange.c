@@ -87,6 +87,7 @@ struct exchange {
     struct http1_header ex_fields[HTTP1_MAX_HEADERS + 2];
     char ex_gen_cl[24];
     char ex_ws_accept[32];         /* expected Sec-WebSocket-Accept */
+    char ex_trailers[4096];        /* the chunked response's trailer lines */
 
     /* access log */
     char ex_host[DOMAIN_MAX + 1];
@@ -583,8 +584,11 @@ static bool parse_head(struct exchange *ex)
         ex->ex_rf = RF_TUNNEL;
     else if (!has_body)
         ex->ex_rf = RF_NONE;
-    else if (resp.info.chunked)
+    else if (resp.info.chunked) {
         ex->ex_rf = RF_CHUNKED;
+        ex->ex_ch.trailers = ex->ex_trailers;
+        ex->ex_ch.trailers_cap = sizeof ex->ex_trailers;
+    }
     else if (resp.info.content_length >= 0)
         ex->ex_rf = RF_LENGTH;
     else
@@ -800,6 +804,33 @@ static void on_backend_timeout(void *owner)
 }
 
 static const struct backend_ops exchange_backend_ops = { on_backend_ready, on_backend_timeout };
+
+size_t exchange_trailers(struct exchange *ex, struct http1_header *out, size_t max)
+{
+    const char *p = ex->ex_trailers, *end = p + ex->ex_ch.trailers_len;
+    size_t n = 0;
+
+    if (ex->ex_rf != RF_CHUNKED || !ex->ex_resp_done || ex->ex_ch.trailers_cut)
+        return 0;   /* cut trailers are dropped whole: half a set could mislead */
+    while (p < end && n < max) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        const char *colon = memchr(p, ':', (size_t)((eol ? eol : end) - p));
+        if (!eol || !colon)
+            break;
+        struct http1_slice name = { p, (size_t)(colon - p) };
+        const char *v = colon + 1, *ve = eol;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        /* Framing and routing fields are not allowed in trailers (RFC 9110 6.5.1). */
+        if (!is_connection_specific(name) && !http1_slice_eq(name, "content-length") &&
+            !http1_slice_eq(name, "host"))
+            out[n++] = (struct http1_header){ name, { v, (size_t)(ve - v) } };
+        p = eol + 2;
+    }
+    return n;
+}
 
 int exchange_status(const struct exchange *ex)
 {

@@ -73,6 +73,9 @@ size_t exchange_read_body(struct exchange *ex, void *dst, size_t cap, bool *eof)
 /* The owner made room (read body bytes) or gave input: move bytes now. Call
  * it from the owner's own pump, never from inside an ops callback. */
 void exchange_kick(struct exchange *ex);
+/* After the body's end: the trailer fields of a chunked response (slices
+ * valid until exchange_free), at most max of them. */
+size_t exchange_trailers(struct exchange *ex, struct http1_header *out, size_t max);
 /* The response status for the log (0 before a head). */
 int exchange_status(const struct exchange *ex);
 /* Ends the exchange: writes the access log line (bytes_out: body bytes the

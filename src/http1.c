@@ -749,10 +749,22 @@ enum {
  * false on malformed framing. Line ends must be CRLF exactly: the body is
  * relayed verbatim, so accepting what the backend might read differently
  * would open a desync. */
+/* Keeps a byte of the trailer section for a caller that asked for them. */
+static void chunked_keep_trailer(struct http1_chunked *c, unsigned char ch)
+{
+    if (c->trailers_len < c->trailers_cap)
+        c->trailers[c->trailers_len++] = (char)ch;
+    else
+        c->trailers_cut = true;
+}
+
 static bool chunked_step(struct http1_chunked *c, unsigned char ch)
 {
     if (++c->line_len > CHUNK_LINE_MAX)
         return false;
+    if (c->trailers && c->state >= CH_TRAILER && c->state <= CH_TRAILER_LF &&
+        !(c->state == CH_TRAILER && ch == '\r'))
+        chunked_keep_trailer(c, ch);
     switch (c->state) {
     case CH_SIZE0:
     case CH_SIZE: {

@@ -111,6 +111,14 @@ struct http1_chunked {
     uint64_t remaining;   /* bytes left in the current chunk's data */
     size_t line_len;      /* bytes in the current size/trailer line (capped) */
     bool done;            /* the last chunk and trailers have been seen */
+    /* Optional, set by the caller: the trailer section's lines (each with
+     * its CRLF, without the final empty line) are copied here as they are
+     * scanned, up to trailers_cap bytes (the rest is dropped, and
+     * trailers_cut set). For a proxy that passes trailers on in another
+     * framing (HTTP/2). */
+    char *trailers;
+    size_t trailers_cap, trailers_len;
+    bool trailers_cut;
 };
 /* Scans buf[0..len): returns how many bytes belong to the body (stops right
  * after the end of the body, setting done; 0 once done), or -1 on malformed
