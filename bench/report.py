@@ -1,11 +1,15 @@
 #!/usr/bin/python3
 """Turns bench/run.sh's raw measurements into the markdown report.
 
-  report.py RUNS.tsv IDLE.jsonl UDP.jsonl NOTES.txt --date ... (see run.sh)
+  report.py RUNS.tsv IDLE.jsonl UDP.jsonl NOTES.txt [--idle-h2 IDLE_H2.jsonl]
+            [--takeover TAKEOVER.jsonl] [--na NA.tsv] --date ... (see run.sh)
 
 Per case and target: the median over rounds of throughput, p50, p99 and CPU
 seconds per 100,000 requests; the largest peak RSS; errors summed. Every
-figure also as a ratio to nginx in the same run."""
+figure also as a ratio to nginx in the same run; for HTTP/2 (f) also a table
+of core_server against the best peer (nginx, HAProxy, Caddy, nghttpx, h2o) in
+each figure. A row listed in NA.tsv (case, target, reason), or whose runs all
+failed, is printed as n/a."""
 import argparse, csv, json, statistics
 
 CASES = {
@@ -14,9 +18,14 @@ CASES = {
     "c": "(c) 1 MiB responses",
     "d": "(d) HTTPS/1.1 keep-alive",
     "e": "(e) new TLS connection per request",
-    "f": "(f) HTTP/2 over TLS (h2load)",
+    "f": "(f) HTTP/2 over TLS (h2load -m{m})",
+    "f100": "(f) HTTP/2 over TLS (h2load -m{mh})",
+    "f1m": "(f) HTTP/2, 1 MiB responses (h2load -m{m}; MiB/s)",
 }
-ORDER = ["backend", "nginx", "haproxy", "caddy", "core_server", "core_server_100k", "core_server_rsa"]
+H2CASES = ("f", "f100", "f1m")
+PEERS = ["nginx", "haproxy", "caddy", "nghttpx", "h2o"]
+ORDER = ["backend", "nginx", "haproxy", "caddy", "nghttpx", "h2o", "core_server", "core_server_100k",
+         "core_server_rsa", "core_server_tls"]
 LABEL = {
     "backend": "backend alone (ceiling)",
     "nginx": "nginx",
@@ -25,6 +34,9 @@ LABEL = {
     "core_server": "core_server",
     "core_server_rsa": "core_server, own mkcert cert (RSA-2048)",
     "core_server_100k": "core_server, 100,000 routes",
+    "core_server_tls": "core_server",
+    "nghttpx": "nghttpx",
+    "h2o": "h2o",
 }
 
 
@@ -52,7 +64,25 @@ def main():
               "conns", "adds", "versions", "kernel"):
         ap.add_argument("--" + k, dest=k.replace("-", "_"), default="")
     ap.add_argument("--idle", dest="idle_n", default="")
+    for k in ("idle-h2", "takeover", "na", "idle-h2-n", "h2-streams", "h2-streams-high", "takeovers",
+              "takeover-interval", "cases"):
+        ap.add_argument("--" + k, dest=k.replace("-", "_"), default="")
     a = ap.parse_args()
+    cases = dict((c, t.format(m=a.h2_streams or 10, mh=a.h2_streams_high or 100)) for c, t in CASES.items())
+    na = {}
+    if a.na:
+        for line in open(a.na):
+            f = line.rstrip("\n").split("\t")
+            if len(f) >= 3:
+                na[(f[0], f[1])] = f[2]
+
+    def jsonl(path):
+        if not path:
+            return []
+        try:
+            return [json.loads(l) for l in open(path) if l.strip()]
+        except FileNotFoundError:
+            return []
 
     rows = list(csv.DictReader(open(a.runs), delimiter="\t"))
     by = {}
@@ -78,7 +108,7 @@ def main():
             "p50": statistics.median(p50) if p50 else None,
             "p99": statistics.median(p99) if p99 else None,
             "cpu": statistics.median(cpu) if cpu else None,
-            "rss": max(int(r["hwm_kib"]) for r in rs) / 1024,
+            "rss": max(int(r["hwm_kib"]) for r in rs) / 1024 if tp else None,
             "err": sum(int(r["errors"]) for r in rs),
             "n": len(rs),
         }
@@ -93,7 +123,8 @@ def main():
     w(f"- {a.rounds} rounds, targets interleaved (order rotated each round), {a.duration} s per run, "
       f"{a.conns} connections; the whole bench took {int(a.elapsed) // 60} min {int(a.elapsed) % 60} s")
     w("- every proxy: one worker thread pinned to CPU 0 (core_server `--workers 1`, nginx "
-      "`worker_processes 1`, HAProxy `nbthread 1`, Caddy `GOMAXPROCS=1`); the load generator and the "
+      "`worker_processes 1`, HAProxy `nbthread 1`, Caddy `GOMAXPROCS=1`, nghttpx `workers=1`, h2o "
+      "`num-threads: 1`); the load generator and the "
       "backend (nginx, 1 worker) share CPU 1; access logs off; keep-alive to the backend; one mkcert "
       "ECDSA P-256 certificate and TLS 1.3 everywhere (except the RSA row)")
     w("")
@@ -106,14 +137,15 @@ def main():
     w("| case | proxy | req/s (c: MiB/s) | ×nginx | p50 ms | ×nginx | p99 ms | ×nginx "
       "| CPU s/100k req | ×nginx | peak RSS MiB | ×nginx | errors |")
     w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for c, title in CASES.items():
+    for c, title in cases.items():
         ref = agg(c, "nginx")
         for t in ORDER:
             g = agg(c, t)
-            if g is None:
-                if c == "f" and t == "core_server":
-                    w(f"| {title} | core_server | skipped: does not offer h2 (ALPN) yet "
-                      "| | | | | | | | | | |")
+            if g is None or g["tp"] is None:
+                why = na.get((c, t)) or (g is not None and "no successful run")
+                if why:
+                    w(f"| {title} | {LABEL[t]} | n/a ({why}) | | | | | | | | | | "
+                      f"{g['err'] if g else ''} |")
                 continue
             R = ref or {}
             spread = f" ±{g['spread']:.0f}%" if g["spread"] is not None else ""
@@ -144,6 +176,29 @@ def main():
           f"| — | | — | | — | | {fmt_num(held_mib, 1)} (before {g['rss_before_kib'] / 1024:.1f}) "
           f"| {ratio(held_mib, ref_mib)} | {bad} not held |")
 
+    # (fidle): the same over HTTP/2 on TLS.
+    idle_h2 = {}
+    for j in jsonl(a.idle_h2):
+        idle_h2[j["target"]] = j
+    ref = (idle_h2.get("nginx") or {}).get("result") or {}
+    title = f"(f) {int(a.idle_h2_n or 10000):,} idle h2 conns (TLS): KiB per conn / RSS held"
+    for t in ORDER:
+        j = idle_h2.get(t)
+        if not j:
+            continue
+        g = j.get("result")
+        if not g or not g.get("kib_per_conn"):
+            why = j.get("na") or "none held: " + json.dumps((g or {}).get("errors"))
+            w(f"| {title} | {LABEL[t]} | n/a ({why}) | | | | | | | | | | |")
+            continue
+        kib = g["kib_per_conn"]
+        held_mib = g["rss_after_kib"] / 1024
+        ref_mib = ref.get("rss_after_kib", 0) / 1024 or None
+        bad = g["requested"] - g["held"]
+        w(f"| {title} | {LABEL[t]} | {fmt_num(kib, 2)} KiB/conn | {ratio(kib, ref.get('kib_per_conn'))} "
+          f"| — | | — | | — | | {fmt_num(held_mib, 1)} (before {g['rss_before_kib'] / 1024:.1f}) "
+          f"| {ratio(held_mib, ref_mib)} | {bad} not held |")
+
     # (h): UDP add burst, core_server only: one row per mode.
     hs = [json.loads(l) for l in open(a.udp) if l.strip()]
     for mode, title in (("burst", "all at once"), ("window128", "at most 128 unanswered")):
@@ -165,12 +220,115 @@ def main():
           f"| {rss:.1f} | n/a | first pass (median): {first:,.0f} ok in {first_s:.3f} s; "
           f"{resends:,} resent after drops ({drops:,} UDP RcvbufErrors), {missing} never ok, {errs} errors "
           f"(all rounds) |")
+
+    # (j): takeovers under wrk load, summed over the rounds.
+    tks = jsonl(a.takeover)
+    tk_rows = []
+    for t in ("core_server", "nginx", "haproxy"):
+        js = [j for j in tks if j["target"] == t]
+        if not js:
+            continue
+        n_tk = sum(j["takeovers"] for j in js)
+        done = sum(j["done"] for j in js)
+        errs = {}
+        reqs = secs = 0
+        p50s, p99s, ms = [], [], []
+        for j in js:
+            wr = j["wrk"]
+            reqs += wr["requests"]
+            secs += wr["seconds"]
+            if wr["requests"]:
+                p50s.append(wr["p50_us"] / 1000)
+                p99s.append(wr["p99_us"] / 1000)
+            for k, v in (wr.get("errors") or {}).items():
+                errs[k] = errs.get(k, 0) + v
+            ms += j["ms"]
+        failed = sum(errs.values())
+        tk_rows.append((t, n_tk, done, failed, errs, reqs, secs, ms, js))
+        title = (f"(j) {a.takeovers or 5} takeovers {a.takeover_interval or 1} s apart under wrk load: "
+                 "failed requests")
+        w(f"| {title} | {LABEL[t]} | {fmt_num(reqs / secs if secs else None)} | — "
+          f"| {fmt_num(statistics.median(p50s) if p50s else None, 2)} | "
+          f"| {fmt_num(statistics.median(p99s) if p99s else None, 2)} | | — | | — | "
+          f"| {failed} failed of {reqs:,} ({done}/{n_tk} takeovers) |")
+
+    if any(agg(c, t) for c in H2CASES for t in ORDER) or idle_h2:
+        # HTTP/2: core_server against the best peer in each figure.
+        w("")
+        w("HTTP/2 (f): core_server against the best peer (of nginx, HAProxy, Caddy, nghttpx, h2o) in each "
+          "figure, same run: the highest throughput, the lowest p99, the lowest CPU per request, the least "
+          "memory per idle connection. Targets (issue 7): throughput ≥ 1×, p99 ≤ 1×, CPU ≤ 0.8× the best "
+          "peer's; idle memory ≤ nginx's.")
+        w("")
+        w("| case | core_server req/s | best peer | ×best | core_server p99 ms | best peer | ×best "
+          "| core_server CPU s/100k | best peer | ×best |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+        def best(c, key, lowest):
+            vals = [(g[key], t) for t in PEERS for g in [agg(c, t)] if g and g[key] is not None]
+            if not vals:
+                return None, None
+            v, t = (min if lowest else max)(vals)
+            return v, t
+
+        for c in H2CASES:
+            if not any(agg(c, t) for t in ORDER):
+                continue
+            me = agg(c, "core_server") or {}
+            cells = []
+            for key, lowest, nd in (("tp", False, 0), ("p99", True, 2), ("cpu", True, 2)):
+                v, t = best(c, key, lowest)
+                mine = me.get(key)
+                cells.append(f"{fmt_num(mine, nd) if mine is not None else 'n/a'} "
+                             f"| {fmt_num(v, nd)} ({LABEL.get(t, '—') if t else '—'}) | {ratio(mine, v)}")
+            w(f"| {cases[c]} | " + " | ".join(cells) + " |")
+        if idle_h2:
+            res = {t: (j.get("result") or {}).get("kib_per_conn") for t, j in idle_h2.items()}
+            peers = [(res[t], t) for t in PEERS if res.get(t)]
+            mine = res.get("core_server_tls")
+            if peers:
+                v, t = min(peers)
+                ng = res.get("nginx")
+                w(f"| (f) idle h2 connection, KiB each | {fmt_num(mine, 2) if mine else 'n/a'} KiB "
+                  f"| {fmt_num(v, 2)} ({LABEL[t]}) | {ratio(mine, v)} | nginx: {fmt_num(ng, 2)} KiB "
+                  f"| | ×nginx {ratio(mine, ng)} | | | |")
+
+    if tk_rows:
+        w("")
+        w(f"(j) takeovers: wrk -t1 -c{a.conns} on plain HTTP, {a.takeovers or 5} takeovers per run, "
+          f"{a.takeover_interval or 1} s apart (or back to back when one takes longer), wrk stopped "
+          f"{a.takeover_interval or 1} s after the last; failed requests = wrk's socket errors + non-2xx/3xx "
+          "responses, summed over the rounds. core_server: a new instance with the same flags; nginx: binary "
+          "upgrade (USR2, WINCH, QUIT to the old master); HAProxy: `haproxy -x` (listeners from the old "
+          "process's `stats socket ... expose-fd listeners`) `-sf OLDPID`.")
+        w("")
+        w("| proxy | takeovers done | failed requests | connect | read | write | timeout | non-2xx/3xx "
+          "| requests | takeover ms (median, max) | old still running 2 s after the run | notes |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for t, n_tk, done, failed, errs, reqs, secs, ms, js in tk_rows:
+            msf = f"{statistics.median(ms):.0f}, {max(ms)}" if ms else "—"
+            notes = "; ".join(j["notes"] for j in js if j.get("notes")) or ""
+            stages = " ".join(j.get("stages_ms", "") for j in js).split()
+            if stages:
+                st = list(zip(*[[int(x) for x in v.split("/")] for v in stages]))
+                notes = (notes + "; " if notes else "") + (
+                    "median ms from USR2 to a new worker / WINCH to the old workers gone / QUIT to the old "
+                    f"master gone: {statistics.median(st[0]):.0f} / {statistics.median(st[1]):.0f} / "
+                    f"{statistics.median(st[2]):.0f}")
+            w(f"| {LABEL[t]} | {done}/{n_tk} | **{failed}** | {errs.get('connect', 0)} | {errs.get('read', 0)} "
+              f"| {errs.get('write', 0)} | {errs.get('timeout', 0)} | {errs.get('status', 0)} | {reqs:,} "
+              f"| {msf} | {sum(j['old_alive_after_2s'] for j in js)} | {notes} |")
+
     w("")
-    w("Not measured: (f) for core_server (no h2 offered yet); (h) exists only in core_server. "
+    w("Not measured: (h) exists only in core_server. "
       "(e) is bounded by the client's own handshakes on CPU 1 (OpenSSL 3.0): compare its CPU column. "
       "(g): KiB/conn = (VmRSS with all connections held − VmRSS before) / connections, fresh processes; "
       "the RSS column is VmRSS with all held. (h): replies carry no name, so after 0.3 s of silence the "
-      "client asks `list` and sends the missing adds again; the time includes that wait.")
+      "client asks `list` and sends the missing adds again; the time includes that wait. "
+      "(f) idle h2: the same over TLS (ALPN h2 only), after the preface, the SETTINGS exchange and one "
+      "GET / on each connection. (f): p50/p99 from h2load's per-request log; n/a = the target does not "
+      "offer h2 in ALPN (or gave no successful run). nghttpx routes hosts other than the bench's to a closed "
+      "port (it requires a catch-all backend), h2o to its only host; neither sets X-Forwarded-Host.")
     w("")
     notes = [l.rstrip("\n") for l in open(a.notes) if l.strip()]
     if notes:
@@ -192,6 +350,10 @@ def main():
         w(f"g\t{t}\t{json.dumps(g)}")
     for h in hs:
         w(f"h\t{json.dumps(h)}")
+    for t, j in idle_h2.items():
+        w(f"fidle\t{t}\t{json.dumps(j)}")
+    for j in tks:
+        w(f"j\t{json.dumps(j)}")
     w("```")
     w("</details>")
     print("\n".join(out))

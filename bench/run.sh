@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # bench/run.sh — `make bench`: core_server side by side with nginx, HAProxy and
-# Caddy in front of one fast nginx backend, plus the backend alone (the
-# ceiling). Prints one markdown table and writes it to
+# Caddy (and, for HTTP/2, nghttpx and h2o) in front of one fast nginx backend,
+# plus the backend alone (the ceiling). Prints one markdown table and writes it to
 # bench/results-YYYY-MM-DD.md. Not part of CI. Needs root only to install
 # missing Debian packages (and to raise the open-file limit).
 #
 # Fairness: every proxy runs one worker thread pinned to CPU 0 (taskset):
 # core_server --workers 1, nginx worker_processes 1, HAProxy nbthread 1,
-# Caddy GOMAXPROCS=1. The load generator and the backend share CPU 1.
+# Caddy GOMAXPROCS=1, nghttpx workers=1, h2o num-threads 1. The load
+# generator and the backend share CPU 1.
 # Access logs are off everywhere. The same ECDSA P-256 certificate (one
 # mkcert CA) and TLS 1.3 for every TLS listener.
 #
@@ -18,14 +19,23 @@
 #   (d) HTTPS/1.1 keep-alive                         wrk -t1 -c50 https
 #   (e) a new TLS connection per request             bench/tlsconn.c (full TLS 1.3
 #       handshake each time, no resumption; latency from connect() to last byte)
-#   (f) HTTP/2 over TLS                              h2load -t1 -c50 -m10 (where the
-#       proxy offers h2 in ALPN; core_server does not yet -> skipped)
+#   (f) HTTP/2 over TLS                              h2load -t1 -c50 -m10, also against
+#       nghttpx and h2o; a target that does not offer h2 in ALPN is reported n/a
+#   (f100) the same with -m100                       h2load -t1 -c50 -m100
+#   (f1m) HTTP/2, 1 MiB responses                    h2load -t1 -c50 -m10, /1m
+#   (fidle) 10,000 idle h2 connections held          bench/idle_h2.py (fresh processes;
+#       TLS + preface + SETTINGS exchange + one GET each; VmRSS before/after)
 #   (g) 10,000 idle keep-alive connections held      bench/idle_conns.py (fresh
 #       processes; VmRSS before/after from /proc)
 #   (h) a burst of 10,000 distinct `add`s over UDP   bench/udp_burst.py (core_server
 #       only; fresh instance with no routes each round)
 #   (i) release mode against pebble: add -> first HTTPS 200, and a request
 #       racing the add (core_server only; in the report's notes)
+#   (j) takeovers under load                         wrk -t1 -c50 on plain HTTP while the
+#       proxy is replaced BENCH_TAKEOVERS times: core_server (a new instance with
+#       the same flags), nginx (binary upgrade: USR2, WINCH, QUIT to the old
+#       master), HAProxy (new process with -x from `expose-fd listeners` and
+#       -sf); failed requests = wrk's socket errors + non-2xx/3xx
 # Figures: requests/s (MiB/s for (c)), p50/p99 latency, the proxy's CPU
 # seconds (utime+stime of its processes, /proc/PID/stat) per 100,000
 # requests over the measured run, peak RSS (VmHWM, reset before each run
@@ -36,7 +46,16 @@
 # BENCH_ACME_ROUNDS (5: rounds of (i), 0 skips it), BENCH_MANY_ROUTES
 # (100000), BENCH_CORE_RSA (1: also run (d)/(e) against a core_server that
 # makes its own certificate with mkcert, RSA-2048; 0 by default),
-# CORE_SERVER (a binary to use instead of building ./core_server).
+# CORE_SERVER (a binary to use instead of building ./core_server),
+# BENCH_CASES (which cases to run, e.g. "f f100 f1m fidle j"; default all:
+# a b c d e f f100 f1m g fidle h i j), BENCH_H2_STREAMS (10: h2load -m of (f)
+# and (f1m)), BENCH_H2_STREAMS_HIGH (100: -m of (f100)), BENCH_IDLE_H2_CONNS
+# (BENCH_IDLE_CONNS: connections of (fidle)), BENCH_TAKEOVERS (5 per run of
+# (j)), BENCH_TAKEOVER_INTERVAL (1 s between them, and wrk goes on for 1 s
+# after the last), BENCH_OUT (report file; default
+# bench/results-DATE.md, or bench/results-DATE-CASES.md for a BENCH_CASES
+# subset).
+# E.g. only the HTTP/2 and takeover rows: BENCH_CASES="f f100 f1m fidle j" make bench
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -52,6 +71,17 @@ UDP_N=${BENCH_UDP_ADDS:-10000}
 CORE_RSA=${BENCH_CORE_RSA:-0}
 # (a) is also run against a core_server holding this many routes (0: not).
 MANY_ROUTES=${BENCH_MANY_ROUTES:-100000}
+ALL_CASES="a b c d e f f100 f1m g fidle h i j"
+read -r -a SEL <<<"$(echo "${BENCH_CASES:-$ALL_CASES}" | tr ',' ' ')"
+for c in "${SEL[@]}"; do
+    case " $ALL_CASES " in *" $c "*) ;; *) echo "BENCH_CASES: unknown case '$c' (known: $ALL_CASES)" >&2; exit 2 ;; esac
+done
+want() { local c; for c in "${SEL[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
+H2_STREAMS=${BENCH_H2_STREAMS:-10}
+H2_STREAMS_HIGH=${BENCH_H2_STREAMS_HIGH:-100}
+IDLE_H2_N=${BENCH_IDLE_H2_CONNS:-$IDLE_N}
+TAKEOVERS=${BENCH_TAKEOVERS:-5}
+TAKEOVER_INTERVAL=${BENCH_TAKEOVER_INTERVAL:-1}
 PROXY_CPU=0
 LOAD_CPU=1
 HOST=localhost          # resolves to 127.0.0.1 from /etc/hosts; the SNI and Host name
@@ -132,6 +162,19 @@ for kind in (socket.SOCK_STREAM, socket.SOCK_STREAM, socket.SOCK_DGRAM):
 print(" ".join(map(str, ports)))
 EOF2
 )"
+free_ports() {   # free_ports NTCP NUDP: that many free loopback ports, TCP ones first
+    $PY - "$1" "$2" <<'EOF3'
+import socket, sys
+socks, ports = [], []
+for kind in [socket.SOCK_STREAM] * int(sys.argv[1]) + [socket.SOCK_DGRAM] * int(sys.argv[2]):
+    s = socket.socket(socket.AF_INET, kind); s.bind(("127.0.0.1", 0)); socks.append(s); ports.append(s.getsockname()[1])
+print(" ".join(map(str, ports)))
+EOF3
+}
+# HTTP/2 peers (f), and nginx for (f100) (see start_target nginx_big). The
+# takeover instances of (j) get theirs when (j) starts: by then a port picked
+# now may be the local port of one of the many connections made meanwhile.
+read -r NGHTTPX_PORT NGHTTPX_TLS_PORT H2O_PORT H2O_TLS_PORT NGINXB_PORT NGINXB_TLS_PORT <<<"$(free_ports 6 0)"
 
 # core_server in local mode serves HTTPS only when mkcert is on its PATH, and
 # then answers plain HTTP with a 307 to HTTPS. So it runs as two processes
@@ -139,19 +182,22 @@ EOF2
 # the plain cases, "core_server_tls" with it for the TLS cases.
 declare -A PLAIN=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
                   [caddy]=$CADDY_PORT [core_server]=$CORE_PORT [core_server_tls]=$CORETLS_PORT
-                  [core_server_rsa]=$CORERSA_PORT [core_server_100k]=$CORE100K_PORT)
+                  [core_server_rsa]=$CORERSA_PORT [core_server_100k]=$CORE100K_PORT
+                  [nghttpx]=$NGHTTPX_PORT [h2o]=$H2O_PORT [nginx_big]=$NGINXB_PORT)
 declare -A TLS=([backend]=$BACKEND_TLS_PORT [nginx]=$NGINX_TLS_PORT [haproxy]=$HAPROXY_TLS_PORT
                 [caddy]=$CADDY_TLS_PORT [core_server]= [core_server_tls]=$CORE_TLS_PORT
-                [core_server_rsa]=$CORERSA_TLS_PORT [core_server_100k]=)
+                [core_server_rsa]=$CORERSA_TLS_PORT [core_server_100k]=
+                [nghttpx]=$NGHTTPX_TLS_PORT [h2o]=$H2O_TLS_PORT [nginx_big]=$NGINXB_TLS_PORT)
 proc_of() {   # proc_of CASE TARGET: the process that serves TARGET in CASE
     case $1-$2 in
-    [def]-core_server) echo core_server_tls ;;
+    d-core_server|e-core_server|f*-core_server) echo core_server_tls ;;
+    f100-nginx) echo nginx_big ;;
     *) echo "$2" ;;
     esac
 }
 
 # ---------------------------------------------------------------- files
-mkdir -p "$T"/{pki,backend/www,backend/tmp,nginx/tmp,haproxy,caddy/home,core/conf,core/certs,core/nobin,core_tls/conf,core_tls/certs,core_rsa/conf,core_rsa/certs,coreh,raw}
+mkdir -p "$T"/{pki,backend/www,backend/tmp,nginx/tmp,haproxy,caddy/home,core/conf,core/certs,core/nobin,core_tls/conf,core_tls/certs,core_rsa/conf,core_rsa/certs,coreh,raw,nghttpx,h2o}
 BODY100=$(printf 'core-bench %0*d' 88 0)     # 100 bytes with the newline below
 BODY100="$BODY100\n"
 head -c 1048576 /dev/urandom >"$T/backend/www/1m"
@@ -164,7 +210,8 @@ render() {   # render TEMPLATE OUT: replaces @NAME@ with $NAME
     s=$(<"$1")
     local v
     for v in T HOST LOADCPU BACKEND_PORT BACKEND_TLS_PORT NGINX_PORT NGINX_TLS_PORT HAPROXY_PORT \
-             HAPROXY_TLS_PORT CADDY_PORT CADDY_TLS_PORT BODY100 NOFILE CONNS_MAX; do
+             HAPROXY_TLS_PORT CADDY_PORT CADDY_TLS_PORT BODY100 NOFILE CONNS_MAX \
+             NGHTTPX_PORT NGHTTPX_TLS_PORT H2O_PORT H2O_TLS_PORT; do
         s=${s//@$v@/${!v}}
     done
     printf '%s\n' "$s" >"$2"
@@ -176,9 +223,12 @@ CONNS_MAX=$NOFILE
 render "$BENCH/nginx-backend.conf.in" "$T/backend/nginx.conf"
 render "$BENCH/nginx-proxy.conf.in" "$T/nginx/nginx-g.conf"
 render "$BENCH/haproxy.cfg.in" "$T/haproxy/haproxy-g.cfg"
+render "$BENCH/h2o.conf.in" "$T/h2o/h2o-g.conf"
 CONNS_MAX=4096
 render "$BENCH/nginx-proxy.conf.in" "$T/nginx/nginx.conf"
 render "$BENCH/haproxy.cfg.in" "$T/haproxy/haproxy.cfg"
+render "$BENCH/h2o.conf.in" "$T/h2o/h2o.conf"
+render "$BENCH/nghttpx.conf.in" "$T/nghttpx/nghttpx.conf"
 render "$BENCH/Caddyfile.in" "$T/caddy/Caddyfile"
 CONF_SUFFIX=""   # "-g" for case (g)
 
@@ -222,6 +272,24 @@ start_target() {   # start_target NAME: starts it (pinned) and records PID[NAME]
         HOME=$T/caddy/home XDG_DATA_HOME=$T/caddy/home XDG_CONFIG_HOME=$T/caddy/home GOMAXPROCS=1 \
             taskset -c "$PROXY_CPU" caddy run --config "$T/caddy/Caddyfile" --adapter caddyfile \
             >"$T/caddy/out.log" 2>&1 &
+        p=$! ;;
+    nginx_big)         # nginx for (f100): -m100 x 50 connections is 5,000 requests in flight, and
+                       # nginx holds a backend connection for each: worker_connections 4096
+                       # would fail requests, so this one has room for them (the others
+                       # keep 4096, not to count a larger preallocated table in their RSS)
+        mkdir -p "$T/nginx_big/tmp"
+        NGINX_PORT=$NGINXB_PORT NGINX_TLS_PORT=$NGINXB_TLS_PORT \
+            CONNS_MAX=$(( 2 * CONNS * H2_STREAMS_HIGH + 1024 > NOFILE ? NOFILE : 2 * CONNS * H2_STREAMS_HIGH + 1024 )) \
+            render "$BENCH/nginx-proxy.conf.in" "$T/nginx_big/nginx.conf.tmp"
+        sed "s#$T/nginx/#$T/nginx_big/#g" "$T/nginx_big/nginx.conf.tmp" >"$T/nginx_big/nginx.conf"
+        taskset -c "$PROXY_CPU" nginx -p "$T/nginx_big" -c "$T/nginx_big/nginx.conf" -g 'daemon off;' \
+            >"$T/nginx_big/out.log" 2>&1 &
+        p=$! ;;
+    nghttpx)           # the master process; its worker process is its child
+        taskset -c "$PROXY_CPU" nghttpx --conf="$T/nghttpx/nghttpx.conf" >"$T/nghttpx/out.log" 2>&1 &
+        p=$! ;;
+    h2o)               # drops root for nobody; its neverbleed key process is its child
+        taskset -c "$PROXY_CPU" h2o -c "$T/h2o/h2o$CONF_SUFFIX.conf" >"$T/h2o/out.log" 2>&1 &
         p=$! ;;
     core_server)       # plain HTTP only: no mkcert on its PATH
         taskset -c "$PROXY_CPU" env PATH="$T/core/nobin" "$CORE" --http-port "$CORE_PORT" \
@@ -312,15 +380,24 @@ CLK_TCK=$(getconf CLK_TCK)
 # ---------------------------------------------------------------- start everything
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "tmp dir $T; load average $LOAD_BEFORE"
-PROCS=(backend nginx haproxy caddy core_server core_server_tls)
-[ "$CORE_RSA" = 1 ] && PROCS+=(core_server_rsa)
-[ "$MANY_ROUTES" -gt 0 ] && PROCS+=(core_server_100k)
+# Only what the selected cases (BENCH_CASES) measure; (g), (fidle), (h), (j)
+# start their own fresh processes.
+PROCS=(backend)
+H2CASES=()
+for c in f f100 f1m; do if want "$c"; then H2CASES+=("$c"); fi; done
+if want a || want b || want c || want d || want e || [ "${#H2CASES[@]}" -gt 0 ]; then PROCS+=(nginx haproxy caddy); fi
+if want a || want b || want c; then PROCS+=(core_server); fi
+if want d || want e || [ "${#H2CASES[@]}" -gt 0 ]; then PROCS+=(core_server_tls); fi
+if [ "${#H2CASES[@]}" -gt 0 ]; then PROCS+=(nghttpx h2o); fi
+if want f100; then PROCS+=(nginx_big); fi
+if [ "$CORE_RSA" = 1 ] && { want d || want e; }; then PROCS+=(core_server_rsa); fi
+if [ "$MANY_ROUTES" -gt 0 ] && want a; then PROCS+=(core_server_100k); fi
 NOTES=()
 for n in "${PROCS[@]}"; do start_target "$n"; done
 
 # Sanity: every target answers 200 through the proxy, on HTTP and HTTPS.
 for n in "${PROCS[@]}"; do
-    case $n in core_server_tls|core_server_rsa) ;; *)
+    case $n in core_server_tls|core_server_rsa|nginx_big) ;; *)
         code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:${PLAIN[$n]}/") || true
         [ "$code" = 200 ] || { show_logs; die "$n: GET / gave $code"; }
         size=$(curl -s -o /dev/null -w '%{size_download}' "http://$HOST:${PLAIN[$n]}/1m")
@@ -331,38 +408,58 @@ for n in "${PROCS[@]}"; do
     [ "$code" = 200 ] || { show_logs; die "$n: HTTPS GET / gave $code"; }
 done
 # What each one serves: certificate key type, TLS version, ALPN h2.
+tls_info() {   # tls_info PORT: one line from openssl s_client
+    openssl s_client -connect "127.0.0.1:$1" -servername "$HOST" -alpn h2,http/1.1 \
+           -CAfile "$CAROOT/rootCA.pem" </dev/null 2>&1 \
+           | grep -aE 'Peer signature type|Server Temp Key|Server public key is|Cipher is|ALPN protocol|No ALPN|Verify return code' \
+           | tr -s ' ' | sed 's/^ //' | awk '!seen[$0]++' | paste -sd ';' - || true
+}
+offers_h2() { case $(tls_info "$1") in *"ALPN protocol: h2"*) return 0 ;; *) return 1 ;; esac; }
 declare -A H2=()
 for n in "${PROCS[@]}"; do
     [ -n "${TLS[$n]}" ] || continue
-    info=$(openssl s_client -connect "127.0.0.1:${TLS[$n]}" -servername "$HOST" -alpn h2,http/1.1 \
-           -CAfile "$CAROOT/rootCA.pem" </dev/null 2>&1 \
-           | grep -aE 'Peer signature type|Server Temp Key|Server public key is|Cipher is|ALPN protocol|No ALPN|Verify return code' \
-           | tr -s ' ' | sed 's/^ //' | awk '!seen[$0]++' | paste -sd ';' -)
+    info=$(tls_info "${TLS[$n]}")
     case $info in *"ALPN protocol: h2"*) H2[$n]=1 ;; *) H2[$n]=0 ;; esac
     NOTES+=("$n TLS: $info")
+done
+# An h2 request through each one that offers h2 (curl --http2): the status.
+for n in "${PROCS[@]}"; do
+    [ "${H2[$n]:-0}" = 1 ] || continue
+    code=$(curl -s -o /dev/null -w '%{http_version} %{http_code}' --http2 --cacert "$CAROOT/rootCA.pem" \
+           "https://$HOST:${TLS[$n]}/") || true
+    [ "$code" = "2 200" ] || { NOTES+=("$n: an h2 GET / gave '$code' (HTTP version, status): h2 rows n/a"); H2[$n]=0; }
 done
 
 # ---------------------------------------------------------------- measuring
 RAW=$T/raw/runs.tsv
 printf 'round\tcase\ttarget\trequests\tseconds\tbytes\tp50_us\tp99_us\tcpu_s\thwm_kib\terrors\n' >"$RAW"
 
+# A load generator that has not finished DURATION + 15 s after its start is
+# stopped (h2load -D sometimes waits on its last streams forever): the run
+# has no result (n/a) and OUTFILE.timedout says so.
+lg() { timeout -k 5 $((DURATION + 15)) "$@"; local rc=$?; [ "$rc" != 124 ] && [ "$rc" != 137 ] || : >"$out.timedout"; return "$rc"; }
 run_load() {   # run_load CASE PROC OUTFILE: prints "requests seconds bytes p50 p99 errors"
     local c=$1 n=$2 out=$3 url port
+    rm -f "$out.timedout"
     port=${PLAIN[$n]}
-    case $c in d|e|f) port=${TLS[$n]} ;; esac
+    case $c in d|e|f*) port=${TLS[$n]} ;; esac
     case $c in
-    a)  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
+    a)  lg taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
             "http://$HOST:$port/" >"$out" 2>&1 ;;
-    b)  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
+    b)  lg taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
             -H 'Connection: close' "http://$HOST:$port/" >"$out" 2>&1 ;;
-    c)  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
+    c)  lg taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
             "http://$HOST:$port/1m" >"$out" 2>&1 ;;
-    d)  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
+    d)  lg taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH/wrk-report.lua" \
             "https://$HOST:$port/" >"$out" 2>&1 ;;
-    e)  taskset -c "$LOAD_CPU" "$T/tlsconn" 127.0.0.1 "$port" "$HOST" / "$CONNS" "$DURATION" \
+    e)  lg taskset -c "$LOAD_CPU" "$T/tlsconn" 127.0.0.1 "$port" "$HOST" / "$CONNS" "$DURATION" \
             >"$out" 2>&1 ;;
-    f)  taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m10 -D "$DURATION" --log-file="$out.reqlog" \
+    f)  lg taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$DURATION" --log-file="$out.reqlog" \
             "https://$HOST:$port/" >"$out" 2>&1 ;;
+    f100) lg taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS_HIGH" -D "$DURATION" --log-file="$out.reqlog" \
+            "https://$HOST:$port/" >"$out" 2>&1 ;;
+    f1m) lg taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$DURATION" --log-file="$out.reqlog" \
+            "https://$HOST:$port/1m" >"$out" 2>&1 ;;
     esac
     case $c in
     a|b|c|d)
@@ -374,7 +471,8 @@ run_load() {   # run_load CASE PROC OUTFILE: prints "requests seconds bytes p50 
         awk '/^requests=/{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}
              printf "%s %s 0 %s %s %d\n", v["requests"], v["seconds"], v["p50_us"], v["p99_us"],
                     v["errors"]+v["non2xx"]}' "$out" ;;
-    f)
+    f*)
+        [ -f "$out.reqlog" ] || : >"$out.reqlog"
         $PY - "$out" "$out.reqlog" <<'EOF'
 import re, sys
 txt = open(sys.argv[1]).read()
@@ -405,11 +503,20 @@ measure() {   # measure ROUND CASE TARGET
     out=$T/raw/$r-$c-$n.out
     reset_hwm $pids
     cpu0=$(cpu_ticks $pids)
-    res=$(run_load "$c" "$proc" "$out")
+    res=$(run_load "$c" "$proc" "$out") || true
     cpu1=$(cpu_ticks $pids)
     hwm=$(status_sum VmHWM $pids)
     for p in $pids; do kill -0 "$p" 2>/dev/null || { NOTES+=("round $r case $c: $n process $p died"); }; done
     [ -n "$res" ] || { res="0 0 0 0 0 1"; NOTES+=("round $r case $c $n: no result: $(tail -3 "$out" | tr '\n' ' ')"); }
+    if [ -e "$out.timedout" ]; then
+        # No figures from a load generator that had to be stopped; the target
+        # is restarted, so that a process still busy with the aborted load
+        # does not share CPU 0 with the next runs.
+        res="0 0 0 0 0 1"
+        NOTES+=("round $r case $c $n: the load generator had not finished $((DURATION + 15)) s after its start and was stopped (no result); $proc restarted")
+        say "round $r ($c) $n: load generator timed out; restarting $proc"
+        stop_target "$proc"; start_target "$proc"
+    fi
     set -- $res
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$c" "$n" "$1" "$2" "$3" "$4" "$5" \
         "$(awk -v a="$cpu0" -v b="$cpu1" -v h="$CLK_TCK" 'BEGIN{printf "%.2f", (b-a)/h}')" "$hwm" "$6" >>"$RAW"
@@ -422,11 +529,22 @@ measure() {   # measure ROUND CASE TARGET
     sleep 0.3
 }
 
-CASES=(a b c d e f)
+CASES=()
+for c in a b c d e f f100 f1m; do if want "$c"; then CASES+=("$c"); fi; done
+NA=$T/raw/na.tsv
+: >"$NA"
+is_h2case() { case $1 in f|f100|f1m) return 0 ;; *) return 1 ;; esac; }
+# HTTP/2 rows of a target that does not offer h2: reported n/a, not measured.
+for c in "${H2CASES[@]}"; do
+    for n in backend nginx haproxy caddy nghttpx h2o core_server; do
+        [ "${H2[$(proc_of "$c" "$n")]:-0}" = 1 ] || printf '%s\t%s\t%s\n' "$c" "$n" "no h2 in ALPN" >>"$NA"
+    done
+done
 targets_for() {   # targets_for CASE ROUND: the targets of a case, rotated by round
-    local c=$1 r=$2 list=() n
-    for n in backend nginx haproxy caddy core_server; do
-        [ "$c" = f ] && [ "${H2[$(proc_of f "$n")]}" != 1 ] && continue
+    local c=$1 r=$2 list=() n all=(backend nginx haproxy caddy core_server)
+    is_h2case "$c" && all=(backend nginx haproxy caddy nghttpx h2o core_server)
+    for n in "${all[@]}"; do
+        is_h2case "$c" && [ "${H2[$(proc_of "$c" "$n")]:-0}" != 1 ] && continue
         list+=("$n")
     done
     if [ "$CORE_RSA" = 1 ] && { [ "$c" = d ] || [ "$c" = e ]; }; then list+=(core_server_rsa); fi
@@ -442,6 +560,11 @@ say "warm-up"
 for c in "${CASES[@]}"; do
     for n in $(targets_for "$c" 1); do
         DURATION=1 run_load "$c" "$(proc_of "$c" "$n")" "$T/raw/warm.out" >/dev/null || true
+        if [ -e "$T/raw/warm.out.timedout" ]; then
+            NOTES+=("warm-up case $c $n: the load generator timed out; $(proc_of "$c" "$n") restarted")
+            say "warm-up ($c) $n: load generator timed out; restarting $(proc_of "$c" "$n")"
+            stop_target "$(proc_of "$c" "$n")"; start_target "$(proc_of "$c" "$n")"
+        fi
     done
 done
 
@@ -459,6 +582,7 @@ G=$T/raw/idle.jsonl
 : >"$G"
 for n in "${PROCS[@]}"; do [ "$n" = backend ] || stop_target "$n"; done
 CONF_SUFFIX=-g
+if want g; then
 for n in backend nginx haproxy caddy core_server; do
     if [ "$n" = backend ]; then stop_target backend; fi
     start_target "$n"
@@ -471,6 +595,37 @@ for n in backend nginx haproxy caddy core_server; do
     [ "$n" = backend ] || stop_target "$n"
     sleep 1
 done
+fi
+
+# ---------------------------------------------------------------- (fidle) idle h2 connections
+# The same over HTTP/2 on TLS: fresh processes (the -g configurations, sized
+# for many connections), IDLE_H2_N connections each set up to an idle h2
+# connection by bench/idle_h2.py, VmRSS before and after. A target that does
+# not offer h2 (or whose client run gives no result) is reported n/a.
+GH=$T/raw/idle_h2.jsonl
+: >"$GH"
+if want fidle; then
+for n in nginx haproxy caddy nghttpx h2o core_server_tls; do
+    start_target "$n"
+    curl -s -o /dev/null --cacert "$CAROOT/rootCA.pem" "https://$HOST:${TLS[$n]}/" || true
+    sleep 0.5
+    if ! offers_h2 "${TLS[$n]}"; then
+        echo "{\"target\": \"$n\", \"na\": \"no h2 in ALPN\"}" >>"$GH"
+        say "(fidle) $n: n/a (no h2 in ALPN)"
+    else
+        res=$(timeout -k 5 300 taskset -c "$LOAD_CPU" $PY "$BENCH/idle_h2.py" 127.0.0.1 "${TLS[$n]}" "$HOST" "$IDLE_H2_N" \
+              --cafile "$CAROOT/rootCA.pem" --pids "$(pids_of "$n" | tr ' ' ',')" 2>"$T/raw/idle_h2-$n.err") || true
+        if [ -n "$res" ]; then
+            echo "{\"target\": \"$n\", \"result\": $res}" >>"$GH"
+        else
+            echo "{\"target\": \"$n\", \"na\": \"client failed: $(tail -1 "$T/raw/idle_h2-$n.err" | tr -d '"\\')\"}" >>"$GH"
+        fi
+        say "(fidle) $n: ${res:-no result}"
+    fi
+    stop_target "$n"
+    sleep 1
+done
+fi
 
 # ---------------------------------------------------------------- (h) UDP add burst
 H=$T/raw/udp.jsonl
@@ -485,7 +640,8 @@ start_coreh() {   # a fresh core_server with no routes, for (h)
     wait_port "$COREH_PORT" 15 || die "core_server for (h) did not start"
     "$CORE" list --udp-port "$COREH_UDP" >/dev/null || true   # the command loop is up
 }
-for r in $(seq "$ROUNDS"); do
+H_ROUNDS=$ROUNDS; want h || H_ROUNDS=0
+for r in $(seq "$H_ROUNDS"); do
     # A burst (everything at once), then at most 128 without a reply (a
     # client that paces itself); each on a fresh instance with no routes.
     for mode in burst window128; do
@@ -515,6 +671,7 @@ done
 # pebble, its fake DNS and core_server --release on free loopback ports);
 # BENCH_ACME_ROUNDS times (0: skip).
 ACME_N=${BENCH_ACME_ROUNDS:-5}
+want i || ACME_N=0
 acme_add=(); acme_race=()
 for r in $(seq "$ACME_N"); do
     out=$(cd "$ROOT/tests/integration" && CORE_SERVER_BIN="$CORE" $PY -m pytest -q -s -p no:cacheprovider \
@@ -532,6 +689,195 @@ if [ "$ACME_N" -gt 0 ]; then
     NOTES+=("(i) release mode against pebble: add -> first HTTPS 200 for a new domain: $(summary_ms "${acme_add[@]}"); a first request racing the add -> HTTPS 200: $(summary_ms "${acme_race[@]}"). Reference (issue 3, not measured here): Caddy 2.6 on-demand against the same pebble, 0.52-0.58 s")
 fi
 
+# ---------------------------------------------------------------- (j) takeovers under load
+# wrk -t1 -c$CONNS on plain HTTP; every TAKEOVER_INTERVAL s (or as soon as
+# the previous one is done, if it took longer) the proxy is replaced by a new
+# process, TAKEOVERS times; wrk stops TAKEOVER_INTERVAL s after the last:
+#   core_server: a new instance started with the same flags (it listens beside
+#     the old one, SO_REUSEPORT, and takes the command port from it, which
+#     then drains), done when the new process holds both ports;
+#   nginx (daemon, as in production): binary upgrade, USR2 to the master,
+#     once the new master has a worker WINCH to the old master, once the old
+#     workers are gone QUIT to it, done when it has exited;
+#   HAProxy: a new `haproxy -x ADMIN.SOCK -sf OLDPID` (the listening sockets
+#     passed through the old process's `stats socket ... expose-fd
+#     listeners`), done when the new process holds the listener.
+# Failed requests = wrk's socket errors (connect, read, write, timeout) +
+# non-2xx/3xx responses. Fresh instances on their own ports, ROUNDS runs each.
+J=$T/raw/takeover.jsonl
+: >"$J"
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+running() {   # running PID: exists and is not a zombie (a daemon's zombie waits for init to reap it)
+    local st
+    st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    st=${st##*) }
+    [ "${st%% *}" != Z ]
+}
+holds_port() {   # holds_port PID PORT [u]: PID has a listening socket on PORT (TCP; UDP with u)
+    ss -Hl"${3:-t}"np "sport = :$2" 2>/dev/null | grep -q "pid=$1,"
+}
+wait_for() {   # wait_for SECONDS COMMAND...: polls COMMAND every 20 ms
+    local i
+    for i in $(seq $(( $1 * 50 ))); do "${@:2}" && return 0; sleep 0.02; done
+    return 1
+}
+declare -A TKPID=()
+TK_REASON=""
+tk_core_run() {   # one core_server instance for (j), same flags each time; sets TK_NEW
+    taskset -c "$PROXY_CPU" env PATH="$T/core/nobin" "$CORE" --http-port "$TK_CORE_PORT" \
+        --https-port "$TK_CORE_TLS_PORT" --udp-port "$TK_CORE_UDP" --config-dir "$T/core_tk/conf" \
+        --certs-dir "$T/core_tk/certs" --workers 1 --no-access-log >>"$T/core_tk/out.log" 2>&1 &
+    TK_NEW=$!
+    ALL_PIDS+=("$TK_NEW")
+}
+nginx_tk_pid() { cat "$T/nginx_tk/nginx.pid" 2>/dev/null || true; }
+tk_start() {   # tk_start TARGET: the first instance of TARGET for (j)
+    case $1 in
+    core_server)
+        mkdir -p "$T/core_tk/conf" "$T/core_tk/certs"
+        tk_core_run
+        wait_port "$TK_CORE_PORT" 15 || die "(j) core_server did not start"
+        "$CORE" add "$HOST" "$BACKEND_PORT" --udp-port "$TK_CORE_UDP" >/dev/null
+        TKPID[core_server]=$TK_NEW ;;
+    nginx)
+        mkdir -p "$T/nginx_tk/tmp"
+        NGINX_PORT=$TK_NGINX_PORT NGINX_TLS_PORT=$TK_NGINX_TLS_PORT CONNS_MAX=4096 \
+            render "$BENCH/nginx-proxy.conf.in" "$T/nginx_tk/nginx.conf.tmp"
+        sed "s#$T/nginx/#$T/nginx_tk/#g" "$T/nginx_tk/nginx.conf.tmp" >"$T/nginx_tk/nginx.conf"
+        # By its absolute path: USR2 re-executes argv[0].
+        taskset -c "$PROXY_CPU" /usr/sbin/nginx -p "$T/nginx_tk" -c "$T/nginx_tk/nginx.conf" \
+            >"$T/nginx_tk/out.log" 2>&1 || { show_logs; die "(j) nginx did not start"; }
+        wait_port "$TK_NGINX_PORT" 15 || die "(j) nginx did not start"
+        TKPID[nginx]=$(nginx_tk_pid)
+        ALL_PIDS+=("${TKPID[nginx]}") ;;
+    haproxy)
+        mkdir -p "$T/haproxy_tk"
+        HAPROXY_PORT=$TK_HAPROXY_PORT HAPROXY_TLS_PORT=$TK_HAPROXY_TLS_PORT CONNS_MAX=4096 \
+            render "$BENCH/haproxy.cfg.in" "$T/haproxy_tk/haproxy.cfg.tmp"
+        sed "/^global/a\\    stats socket $T/haproxy_tk/admin.sock mode 600 level admin expose-fd listeners" \
+            "$T/haproxy_tk/haproxy.cfg.tmp" >"$T/haproxy_tk/haproxy.cfg"
+        taskset -c "$PROXY_CPU" haproxy -db -f "$T/haproxy_tk/haproxy.cfg" >>"$T/haproxy_tk/out.log" 2>&1 &
+        TKPID[haproxy]=$!
+        ALL_PIDS+=("${TKPID[haproxy]}")
+        wait_port "$TK_HAPROXY_PORT" 15 || die "(j) HAProxy did not start"
+        wait_for 5 test -S "$T/haproxy_tk/admin.sock" || die "(j) HAProxy: no admin socket" ;;
+    esac
+}
+nginx_old_workers_gone() {   # the old master's children other than the new master
+    local c
+    for c in $(pgrep -P "$1" || true); do [ "$c" = "$2" ] || return 1; done
+    return 0
+}
+tk_takeover() {   # tk_takeover TARGET: replaces the running instance; 0 when the new one serves
+    local old=${TKPID[$1]} new
+    TK_REASON=""
+    case $1 in
+    core_server)
+        tk_core_run
+        new=$TK_NEW
+        if wait_for 15 holds_port "$new" "$TK_CORE_UDP" u && holds_port "$new" "$TK_CORE_PORT"; then
+            TKPID[core_server]=$new
+        else
+            TK_REASON="new instance did not take both ports"; kill -0 "$new" 2>/dev/null || TK_REASON="new instance exited"
+            return 1
+        fi ;;
+    nginx)
+        kill -USR2 "$old" || { TK_REASON="USR2 failed"; return 1; }
+        new=""
+        getnew() { new=$(nginx_tk_pid); [ -n "$new" ] && [ "$new" != "$old" ] && [ -f "$T/nginx_tk/nginx.pid.oldbin" ] \
+                   && [ -n "$(pgrep -P "$new" || true)" ]; }
+        local s0 s1 s2
+        s0=$(now_ms)
+        wait_for 10 getnew || { TK_REASON="no new master with a worker after USR2"; return 1; }
+        ALL_PIDS+=("$new")
+        s1=$(now_ms)
+        kill -WINCH "$old" || true
+        wait_for 10 nginx_old_workers_gone "$old" "$new" || TK_REASON="old workers still there 10 s after WINCH"
+        s2=$(now_ms)
+        kill -QUIT "$old" || true
+        wait_for 10 eval '! running '"$old" || { TK_REASON="old master still there 10 s after QUIT"; return 1; }
+        TK_STAGES+=("$((s1 - s0))/$((s2 - s1))/$(( $(now_ms) - s2 ))")
+        TKPID[nginx]=$new ;;
+    haproxy)
+        taskset -c "$PROXY_CPU" haproxy -db -f "$T/haproxy_tk/haproxy.cfg" -x "$T/haproxy_tk/admin.sock" \
+            -sf "$old" >>"$T/haproxy_tk/out.log" 2>&1 &
+        new=$!
+        ALL_PIDS+=("$new")
+        wait_for 10 holds_port "$new" "$TK_HAPROXY_PORT" || { TK_REASON="new process does not hold the listener"; return 1; }
+        TKPID[haproxy]=$new ;;
+    esac
+    return 0
+}
+tk_stop() {   # tk_stop TARGET: the last instance and any old one still draining
+    local p=${TKPID[$1]:-}
+    [ -n "$p" ] || return 0
+    kill -TERM "$p" 2>/dev/null || true
+    wait_for 5 eval '! running '"$p" || kill -KILL "$p" 2>/dev/null || true
+    unset "TKPID[$1]"
+}
+TK_TARGETS=(core_server nginx haproxy)
+J_ROUNDS=$ROUNDS; want j || J_ROUNDS=0
+if [ "$J_ROUNDS" -gt 0 ]; then
+    read -r TK_CORE_PORT TK_CORE_TLS_PORT TK_NGINX_PORT TK_NGINX_TLS_PORT TK_HAPROXY_PORT TK_HAPROXY_TLS_PORT \
+            TK_CORE_UDP <<<"$(free_ports 6 1)"
+    for n in "${TK_TARGETS[@]}"; do tk_start "$n"; done
+    declare -A TKPORT=([core_server]=$TK_CORE_PORT [nginx]=$TK_NGINX_PORT [haproxy]=$TK_HAPROXY_PORT)
+    for n in "${TK_TARGETS[@]}"; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HOST:${TKPORT[$n]}/") || true
+        [ "$code" = 200 ] || { show_logs; die "(j) $n: GET / gave $code"; }
+    done
+fi
+# wrk runs until INTERVAL s after the last takeover is done (then SIGINT,
+# on which it reports), so that a slow takeover is under load as well.
+JDUR=$(( (TAKEOVERS + 1) * TAKEOVER_INTERVAL * 10 + 60 ))
+for r in $(seq "$J_ROUNDS"); do
+    k=$(( (r - 1) % ${#TK_TARGETS[@]} ))
+    for n in "${TK_TARGETS[@]:k}" "${TK_TARGETS[@]:0:k}"; do
+        out=$T/raw/$r-j-$n.out
+        olds=()
+        timeout -k 5 $((JDUR + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${JDUR}s" --latency -s "$BENCH/wrk-report.lua" \
+            "http://$HOST:${TKPORT[$n]}/" >"$out" 2>&1 &
+        wpid=$!
+        t0=$(now_ms); done_n=0; ms=(); reasons=(); TK_STAGES=()
+        for i in $(seq "$TAKEOVERS"); do
+            # at t0 + i x INTERVAL
+            dt=$(( t0 + i * TAKEOVER_INTERVAL * 1000 - $(now_ms) ))
+            [ "$dt" -le 0 ] || sleep "$(awk -v d="$dt" 'BEGIN{printf "%.3f", d/1000}')"
+            olds+=("${TKPID[$n]}")
+            a=$(now_ms)
+            if tk_takeover "$n"; then
+                done_n=$((done_n + 1)); ms+=($(( $(now_ms) - a )))
+                [ -z "$TK_REASON" ] || reasons+=("$TK_REASON")
+            else
+                reasons+=("$TK_REASON")
+                say "(j) $n takeover $i failed: $TK_REASON"
+            fi
+        done
+        sleep "$TAKEOVER_INTERVAL"
+        kill -INT "$wpid" 2>/dev/null || true
+        wait "$wpid" || true
+        # Old instances still alive 2 s after the run (draining, or stuck).
+        sleep 2
+        alive=0
+        for p in "${olds[@]}"; do
+            if [ "$p" != "${TKPID[$n]}" ] && running "$p"; then alive=$((alive + 1)); fi
+        done
+        res=$(awk '/^BENCH /{for(i=2;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}
+                 printf "{\"requests\": %d, \"seconds\": %.3f, \"p50_us\": %d, \"p99_us\": %d, \"errors\": {\"connect\": %d, \"read\": %d, \"write\": %d, \"timeout\": %d, \"status\": %d}}",
+                        v["requests"], v["duration_us"]/1e6, v["p50_us"], v["p99_us"],
+                        v["err_connect"], v["err_read"], v["err_write"], v["err_timeout"], v["err_status"]}' "$out")
+        [ -n "$res" ] || res='{"requests": 0, "seconds": 0, "p50_us": 0, "p99_us": 0, "errors": null}'
+        rs=$(printf '%s\n' "${reasons[@]}" | awk 'NF' | sort | uniq -c | sed 's/^ *//' | paste -sd ';' - | tr -d '"\\')
+        echo "{\"round\": $r, \"target\": \"$n\", \"takeovers\": $TAKEOVERS, \"done\": $done_n, \"ms\": [$(IFS=,; echo "${ms[*]}")], \"old_alive_after_2s\": $alive, \"stages_ms\": \"${TK_STAGES[*]}\", \"notes\": \"$rs\", \"wrk\": $res}" >>"$J"
+        grep -E 'Non-2xx|Socket errors' "$out" >/dev/null && \
+            NOTES+=("round $r case j $n: $(grep -E 'Non-2xx|Socket errors' "$out" | tr -s ' ' | paste -sd ';' -)")
+        cp "$out" "$T/raw/keep-$r-j-$n.out"
+        say "(j) round $r $n: $done_n/$TAKEOVERS takeovers (ms: ${ms[*]}), $alive old alive after 2 s; $res"
+        sleep 0.5
+    done
+done
+for n in "${TK_TARGETS[@]}"; do tk_stop "$n"; done
+
 # ---------------------------------------------------------------- report
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$(( $(date +%s) - T0 ))
@@ -544,11 +890,21 @@ done
 [ -f "$T/core_rsa/certs/$HOST-cert.pem" ] && \
     NOTES+=("core_server_rsa made its own certificate: $(openssl x509 -in "$T/core_rsa/certs/$HOST-cert.pem" -noout -text | grep -E 'Public Key Algorithm|Public-Key' | tr -s ' ' | paste -sd ';' -)")
 
-VERSIONS="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'); HAProxy $(haproxy -v | head -1 | awk '{print $3}'); Caddy $(caddy version | awk '{print $1}'); core_server $("$CORE" --version 2>&1 | head -1); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $NF}'); OpenSSL $(openssl version | awk '{print $2}')"
+VERSIONS="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'); HAProxy $(haproxy -v | head -1 | awk '{print $3}'); Caddy $(caddy version | awk '{print $1}'); nghttpx $(nghttpx --version | awk '{print $NF}'); h2o $(h2o --version | head -1 | awk '{print $3}'); core_server $("$CORE" --version 2>&1 | head -1); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load $(h2load --version | awk '{print $NF}'); OpenSSL $(openssl version | awk '{print $2}')"
 DATE=$(date +%Y-%m-%d)
-OUT=$BENCH/results-$DATE.md
+# A run of selected cases (BENCH_CASES) does not overwrite the day's full
+# report: bench/results-DATE-CASES.md; BENCH_OUT names the file outright.
+if [ -n "${BENCH_CASES:-}" ] && [ "${SEL[*]}" != "$ALL_CASES" ]; then
+    OUT=$BENCH/results-$DATE-$(IFS=-; echo "${SEL[*]}").md
+else
+    OUT=$BENCH/results-$DATE.md
+fi
+OUT=${BENCH_OUT:-$OUT}
 printf '%s\n' "${NOTES[@]}" >"$T/raw/notes.txt"
 $PY "$BENCH/report.py" "$RAW" "$G" "$H" "$T/raw/notes.txt" \
+    --idle-h2 "$GH" --takeover "$J" --na "$NA" --idle-h2-n "$IDLE_H2_N" --h2-streams "$H2_STREAMS" \
+    --h2-streams-high "$H2_STREAMS_HIGH" --takeovers "$TAKEOVERS" --takeover-interval "$TAKEOVER_INTERVAL" \
+    --cases "${SEL[*]}" \
     --date "$(date '+%Y-%m-%d %H:%M %Z')" --nproc "$(nproc)" \
     --cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
     --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" --elapsed "$ELAPSED" \
