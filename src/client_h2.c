@@ -44,7 +44,8 @@ struct h2_stream {
     struct h2_stream *st_prev, *st_next;   /* the connection's open streams */
     char *st_arena;                        /* decoded fields: name bytes, value bytes */
     size_t st_arena_len, st_arena_cap;
-    struct h2_field st_fields[H2_MAX_FIELDS];
+    struct h2_field st_fields[H2_MAX_FIELDS + 8];   /* + pseudo-headers (nghttp2 allows 5 kinds) */
+    unsigned st_npseudo;
     unsigned st_nfields;
     unsigned st_trailer_start;             /* first field of the trailers */
     size_t st_list_bytes;                  /* RFC 9113 6.5.2 size of the current list */
@@ -187,11 +188,15 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
     st->st_list_bytes += namelen + valuelen + 32;
     if (st->st_too_large)
         return 0;
-    if (st->st_list_bytes > H2_MAX_HEADER_LIST || st->st_nfields >= H2_MAX_FIELDS) {
+    bool pseudo = namelen && name[0] == ':';
+    if (st->st_list_bytes > H2_MAX_HEADER_LIST ||
+        (!pseudo && st->st_nfields - st->st_npseudo >= H2_MAX_FIELDS) ||
+        (pseudo && st->st_npseudo >= 8)) {
         st->st_too_large = true;
         return 0;
     }
     struct h2_field *f = &st->st_fields[st->st_nfields++];
+    st->st_npseudo += pseudo;
     arena_add(st, name, namelen, &f->name_off);
     arena_add(st, value, valuelen, &f->value_off);
     f->name_len = (uint32_t)namelen;
@@ -329,7 +334,13 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
     case NGHTTP2_HEADERS:
         if (!st)
             return 0;
+        if (st->st_too_large && st->st_started) {
+            /* Oversized trailers: the request cannot be completed. */
+            nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->st_id, NGHTTP2_REFUSED_STREAM);
+            return 0;
+        }
         if (st->st_too_large) {
+            st->st_started = true;
             log_info("client %s: HTTP/2 request header list over %u bytes or %u fields", c->c_addr,
                      H2_MAX_HEADER_LIST, H2_MAX_FIELDS);
             respond_plain(c, st->st_id, "431");
@@ -496,6 +507,7 @@ static void on_ex_body(void *owner)
 {
     struct h2_stream *st = owner;
 
+    st->st_kick = true;   /* the exchange may have more to move (see exchange.c pump) */
     if (st->st_deferred) {
         st->st_deferred = false;
         nghttp2_session_resume_data(st->st_conn->c_session, st->st_id);
@@ -718,6 +730,7 @@ int client_h2_pump(struct h2_conn *c, const char **why)
 
     c->c_progress = false;
     c->c_in_pump = true;
+    bool busy = true;   /* still moving when the rounds ran out */
     for (int rounds = 0; rounds < 64; rounds++) {
         bool moved = c->c_again;
         c->c_again = false;
@@ -733,12 +746,17 @@ int client_h2_pump(struct h2_conn *c, const char **why)
                 c->c_why = c->c_goaway_final ? "shut down (GOAWAY sent)" : "HTTP/2 session ended";
             goto closed;
         }
-        if (!moved && !c->c_again)
+        if (!moved && !c->c_again) {
+            busy = false;
             break;
+        }
     }
     rc = c->c_progress ? H2_PUMP_PROGRESS : H2_PUMP_IDLE;
     c->c_in_pump = false;
-    if (c->c_again) {   /* still busy after many rounds: yield, come back */
+    /* Still busy after many rounds: yield to the other connections and come
+     * back before the loop sleeps. Needed, not only fair: bytes already in
+     * the socket or in OpenSSL's buffers bring no new readiness edge. */
+    if (busy || c->c_again) {
         c->c_again = false;
         c->c_ops->on_wake(c->c_owner);
     }
@@ -766,7 +784,7 @@ bool client_h2_timed_out(struct h2_conn *c, const char **why)
      * timer's business; a client that opened streams and sends nothing
      * more for a whole timeout is gone. */
     for (struct h2_stream *st = c->c_streams.st_next; st != &c->c_streams; st = st->st_next)
-        if (st->st_ex && st->st_unconsumed == 0 && exchange_status(st->st_ex) == 0)
+        if (st->st_ex && exchange_waits_for_backend(st->st_ex))
             return false;
     *why = "HTTP/2 client stalled";
     return true;

@@ -23,7 +23,7 @@ struct h2_conn_ops {
 /* Settings we send (README "HTTP/2"). */
 #define H2_MAX_CONCURRENT_STREAMS 100
 #define H2_MAX_HEADER_LIST 65536      /* decoded bytes (RFC 9113 6.5.2 counting) */
-#define H2_MAX_FIELDS 100             /* fields per request, pseudo-headers included */
+#define H2_MAX_FIELDS 100             /* regular fields per request (as HTTP/1), pseudo-headers apart */
 #define H2_CONN_WINDOW (1u << 20)     /* connection-level receive window */
 
 /* Starts the session on an established TLS connection whose ALPN is h2.

@@ -195,7 +195,7 @@ static int build_request_head(struct exchange *ex, const struct exchange_req *r)
         const struct http1_header *f = &r->headers[i];
         if (ex->ex_websocket && http1_slice_eq(f->name, "sec-websocket-key"))
             continue;   /* ours replaces any the client sent */
-        if (req->num_headers + 1 >= HTTP1_MAX_HEADERS)
+        if (req->num_headers + 1 >= HTTP1_HEADER_SLOTS)
             goto out;
         req->headers[req->num_headers++] = *f;
         cap += f->name.len + f->value.len + 4;
@@ -750,6 +750,7 @@ static void pump(struct exchange *ex)
     if (ex->ex_in_kick)
         return;
     ex->ex_in_kick = true;
+    bool busy = true;   /* still moving when the rounds ran out */
     for (int rounds = 0; rounds < 32 && ex->ex_be && !ex->ex_aborted; rounds++) {
         bool moved = false;
         int c = backend_check_connected(ex->ex_be, &e);
@@ -759,8 +760,10 @@ static void pump(struct exchange *ex)
             respond_generated(ex, 502, "Bad Gateway");
             break;
         }
-        if (c == 0)
+        if (c == 0) {
+            busy = false;   /* the connect's completion is an event of its own */
             break;
+        }
         size_t ready_before = ex->ex_ready;
         bool done_before = ex->ex_resp_done;
         moved |= write_backend(ex);
@@ -772,10 +775,16 @@ static void pump(struct exchange *ex)
         if (ex->ex_head_done && !ex->ex_generated && !ex->ex_aborted &&
             (ex->ex_ready > ready_before || (ex->ex_resp_done && !done_before)))
             ex->ex_ops->on_body(ex->ex_owner);
-        if (!moved)
+        if (!moved) {
+            busy = false;
             break;
+        }
     }
     ex->ex_in_kick = false;
+    /* Edge-triggered readiness brings no new event for bytes we left: have
+     * the owner kick us again soon (its on_body marks the exchange). */
+    if (busy && ex->ex_be && !ex->ex_aborted && !ex->ex_generated)
+        ex->ex_ops->on_body(ex->ex_owner);
 }
 
 void exchange_kick(struct exchange *ex)
@@ -830,6 +839,13 @@ size_t exchange_trailers(struct exchange *ex, struct http1_header *out, size_t m
         p = eol + 2;
     }
     return n;
+}
+
+bool exchange_waits_for_backend(const struct exchange *ex)
+{
+    if (ex->ex_generated || ex->ex_aborted || !ex->ex_be)
+        return false;
+    return (ex->ex_req_ended && !ex->ex_head_done) || ex->ex_rf == RF_TUNNEL;
 }
 
 int exchange_status(const struct exchange *ex)

@@ -50,7 +50,8 @@ struct exchange_ops {
     void (*on_interim)(void *owner, const struct exchange_head *h);
     /* The final response head (from the backend or made here). */
     void (*on_head)(void *owner, const struct exchange_head *h);
-    /* Body bytes or the body's end can be read now. */
+    /* Body bytes or the body's end can be read now, or the exchange has
+     * more to move: call exchange_kick from the owner's next pump. */
     void (*on_body)(void *owner);
     /* n request body bytes have been taken by the backend (give window back). */
     void (*on_req_drained)(void *owner, size_t n);
@@ -76,6 +77,10 @@ void exchange_kick(struct exchange *ex);
 /* After the body's end: the trailer fields of a chunked response (slices
  * valid until exchange_free), at most max of them. */
 size_t exchange_trailers(struct exchange *ex, struct http1_header *out, size_t max);
+/* Whether only the backend can move this exchange now: the request is
+ * complete and the response head has not come, or it is a tunnel (whose
+ * idle time the backend timeout bounds). */
+bool exchange_waits_for_backend(const struct exchange *ex);
 /* The response status for the log (0 before a head). */
 int exchange_status(const struct exchange *ex);
 /* Ends the exchange: writes the access log line (bytes_out: body bytes the

@@ -10,7 +10,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define HTTP1_MAX_HEADERS 100
+#define HTTP1_MAX_HEADERS 100   /* fields a parsed head may have */
+/* Room in the header arrays: a proxy building a request from another
+ * protocol (HTTP/2) adds a few fields of its own (Host, Upgrade, ...). */
+#define HTTP1_HEADER_SLOTS (HTTP1_MAX_HEADERS + 8)
 #define HTTP1_INCOMPLETE (-2)
 #define HTTP1_ERROR      (-1)
 
@@ -47,7 +50,7 @@ struct http1_request {
     bool absolute_form;
     int minor_version;          /* 0 or 1 */
     size_t num_headers;
-    struct http1_header headers[HTTP1_MAX_HEADERS];
+    struct http1_header headers[HTTP1_HEADER_SLOTS];
     struct http1_info info;
     int error_status;           /* on HTTP1_ERROR: 400, 414 (request line too long) or 431 */
     const char *error;          /* on HTTP1_ERROR: short reason for the log */
@@ -58,7 +61,7 @@ struct http1_response {
     int status;
     struct http1_slice reason;
     size_t num_headers;
-    struct http1_header headers[HTTP1_MAX_HEADERS];
+    struct http1_header headers[HTTP1_HEADER_SLOTS];
     struct http1_info info;
     const char *error;          /* on HTTP1_ERROR */
 };

@@ -11,7 +11,8 @@
 #include "loop.h"
 
 struct config;
-struct proxy_state;
+struct conn_set;
+struct h1_shared;
 struct backend_pool;
 
 struct listener {
@@ -30,7 +31,8 @@ struct worker {
     int nlisteners;
     int qsbr_reader;
     struct buf_pool bufs;
-    struct proxy_state *px;  /* this worker's connections, pools, scratch */
+    struct conn_set *conns;  /* this worker's client connections (conn.h) */
+    struct h1_shared *h1;    /* HTTP/1 pools and scratch (client_h1.c) */
     struct backend_pool *bp; /* this worker's idle backend connections (backend.h) */
     unsigned nconns;         /* open client connections (this thread only) */
     bool draining;           /* shutdown: finish in-flight requests, accept none */

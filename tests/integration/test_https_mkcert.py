@@ -56,8 +56,9 @@ def https_server(server_factory, fake_mkcert, backend):
 
 
 def curl(server, name, path="/", extra=()):
+    # HTTP/1.1 over TLS here (ALPN would pick h2): HTTP/2 has test_h2_*.py.
     return subprocess.run(
-        ["curl", "-sS", "--max-time", "60", "--cacert", os.path.join(server.caroot, "rootCA.pem"),
+        ["curl", "-sS", "--http1.1", "--max-time", "60", "--cacert", os.path.join(server.caroot, "rootCA.pem"),
          "--resolve", f"{name}:{server.https_port}:127.0.0.1", "-D", "-",
          f"https://{name}:{server.https_port}{path}", *extra],
         capture_output=True, text=True, timeout=90)

@@ -211,8 +211,8 @@ static void test_parked_until_cert_made(const char *dir, SSL_CTX *cctx)
     CHECK(SSL_CTX_load_verify_locations(cctx, ca, NULL) == 1);
     CHECK(pump(&p) == DONE);
     CHECK(SSL_get_verify_result(p.c) == X509_V_OK);
-    CHECK(alpn_is(p.c, "http/1.1"));
-    CHECK(alpn_is(p.s, "http/1.1"));
+    CHECK(alpn_is(p.c, "h2"));   /* the client offers h2 and http/1.1: ours first */
+    CHECK(alpn_is(p.s, "h2"));
     CHECK(SSL_version(p.c) >= TLS1_2_VERSION);
     CHECK(cert_file_exists(dir, "good.test"));
     pair_close(&p);
@@ -262,7 +262,7 @@ static void test_ready_handshakes(SSL_CTX *cctx)
     CHECK(client_hellos == 2);
     CHECK(SSL_version(p.c) == TLS1_3_VERSION);
     CHECK(SSL_get_verify_result(p.c) == X509_V_OK);
-    CHECK(alpn_is(p.c, "http/1.1"));
+    CHECK(alpn_is(p.c, "h2"));
     pair_close(&p);
     SSL_CTX_free(chrr);
 
@@ -273,7 +273,7 @@ static void test_ready_handshakes(SSL_CTX *cctx)
     CHECK(SSL_version(p.c) == TLS1_2_VERSION);
     CHECK(SSL_CIPHER_get_kx_nid(SSL_get_current_cipher(p.c)) == NID_kx_ecdhe);
     CHECK(SSL_get_verify_result(p.c) == X509_V_OK);
-    CHECK(alpn_is(p.c, "http/1.1"));
+    CHECK(alpn_is(p.c, "h2"));
     pair_close(&p);
 
     /* A client that cannot do TLS 1.2 is refused. */
