@@ -12,7 +12,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define IDLE_POOL_PER_PORT 64   /* idle backend connections kept per port per worker */
+/* Idle backend connections kept per port per worker: enough for the
+ * streams one worker keeps in flight (HTTP/2 clients multiplex up to 100
+ * each), so a busy port does not connect and close per request. */
+#define IDLE_POOL_PER_PORT 1024
 /* How long an idle pooled connection is kept: shorter than the keep-alive
  * timeouts of common backend servers is not needed, because a connection
  * the backend closed is noticed (EPOLLIN/RDHUP) and dropped at once, and a

@@ -588,6 +588,8 @@ struct h2_conn *client_h2_start(struct worker *w, struct transport *tr, const ch
     nghttp2_option_set_max_settings(opt, 32);          /* entries per SETTINGS frame */
     nghttp2_option_set_max_outbound_ack(opt, 1000);    /* SETTINGS/PING acks queued unread */
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);   /* rapid reset */
+    /* RFC 9113 deprecated priorities: no closed streams kept for the tree. */
+    nghttp2_option_set_no_closed_streams(opt, 1);
     int rv = nghttp2_session_server_new2(&c->c_session, get_callbacks(), c, opt);
     nghttp2_option_del(opt);
     if (rv != 0) {

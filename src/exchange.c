@@ -29,6 +29,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#define TRAILERS_MAX 4096   /* trailer section bytes passed on; more drops them all */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   /* RFC 6455 1.3 */
 
 enum resp_framing {
@@ -87,7 +88,7 @@ struct exchange {
     struct http1_header ex_fields[HTTP1_MAX_HEADERS + 2];
     char ex_gen_cl[24];
     char ex_ws_accept[32];         /* expected Sec-WebSocket-Accept */
-    char ex_trailers[4096];        /* the chunked response's trailer lines */
+    char *ex_trailers;             /* the chunked response's trailer lines (TRAILERS_MAX) */
 
     /* access log */
     char ex_host[DOMAIN_MAX + 1];
@@ -169,13 +170,19 @@ static int build_request_head(struct exchange *ex, const struct exchange_req *r)
     static const struct http1_slice te_name = { "Transfer-Encoding", 17 }, te_value = { "chunked", 7 };
     static const struct http1_slice up_name = { "Upgrade", 7 }, up_value = { "websocket", 9 };
     static const struct http1_slice key_name = { "Sec-WebSocket-Key", 17 };
-    struct http1_request *req = xmalloc(sizeof *req);
+    struct http1_request reqbuf, *req = &reqbuf;   /* a few KiB of stack, no malloc per request */
     struct http1_forward fwd = { .client_addr = r->client_addr, .proto = "https" };
     char key[32];
     size_t cap = 1024 + r->authority.len * 2 + r->path.len + r->method.len;
     int rc = -1;
 
-    memset(req, 0, sizeof *req);
+    /* Only the fields the head writer reads; the header array is filled
+     * up to num_headers below. */
+    req->absolute_form = false;
+    req->num_headers = 0;
+    req->error_status = 0;
+    req->error = NULL;
+    memset(&req->info, 0, sizeof req->info);
     req->method = ex->ex_websocket ? (struct http1_slice){ "GET", 3 } : r->method;
     req->path = r->path;
     req->target = r->path;
@@ -209,7 +216,6 @@ static int build_request_head(struct exchange *ex, const struct exchange_req *r)
     ex->ex_head_len = (size_t)n;
     rc = 0;
 out:
-    free(req);
     return rc;
 }
 
@@ -521,10 +527,13 @@ static bool named_by_connection(const struct http1_response *resp, struct http1_
 static size_t filter_fields(struct exchange *ex, const struct http1_response *resp)
 {
     size_t n = 0;
+    bool has_connection = false;
 
+    for (size_t i = 0; i < resp->num_headers && !has_connection; i++)
+        has_connection = http1_slice_eq(resp->headers[i].name, "connection");
     for (size_t i = 0; i < resp->num_headers; i++) {
         const struct http1_header *f = &resp->headers[i];
-        if (is_connection_specific(f->name) || named_by_connection(resp, f->name))
+        if (is_connection_specific(f->name) || (has_connection && named_by_connection(resp, f->name)))
             continue;
         if (ex->ex_websocket && resp->status == 101 && http1_slice_eq(f->name, "content-length"))
             continue;
@@ -586,8 +595,9 @@ static bool parse_head(struct exchange *ex)
         ex->ex_rf = RF_NONE;
     else if (resp.info.chunked) {
         ex->ex_rf = RF_CHUNKED;
+        ex->ex_trailers = xmalloc(TRAILERS_MAX);
         ex->ex_ch.trailers = ex->ex_trailers;
-        ex->ex_ch.trailers_cap = sizeof ex->ex_trailers;
+        ex->ex_ch.trailers_cap = TRAILERS_MAX;
     }
     else if (resp.info.content_length >= 0)
         ex->ex_rf = RF_LENGTH;
@@ -876,5 +886,6 @@ void exchange_free(struct exchange *ex, uint64_t bytes_out)
     free(ex->ex_head);
     free(ex->ex_rq);
     free(ex->ex_tail);
+    free(ex->ex_trailers);
     free(ex);
 }
