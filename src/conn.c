@@ -11,6 +11,49 @@ void conn_set_init(struct conn_set *cs)
     cs->clients.next = cs->clients.prev = &cs->clients;
     cs->reap = NULL;
     cs->deferred = NULL;
+    cs->parked.parked_next = cs->parked.parked_prev = &cs->parked;
+}
+
+void conn_park(struct client *cl)
+{
+    struct conn_set *cs = cl->w->conns;
+
+    if (cl->parked)
+        return;
+    cl->parked = true;
+    cl->parked_next = cs->parked.parked_next;
+    cl->parked_prev = &cs->parked;
+    cs->parked.parked_next->parked_prev = cl;
+    cs->parked.parked_next = cl;
+}
+
+static void unpark(struct client *cl)
+{
+    if (!cl->parked)
+        return;
+    cl->parked = false;
+    cl->parked_prev->parked_next = cl->parked_next;
+    cl->parked_next->parked_prev = cl->parked_prev;
+    cl->parked_prev = cl->parked_next = NULL;
+}
+
+void conn_resume_parked(struct conn_set *cs)
+{
+    /* Detach the whole list first: a pump may park its client again. */
+    struct client *cl = cs->parked.parked_next;
+
+    if (cl == &cs->parked)
+        return;
+    cs->parked.parked_prev->parked_next = NULL;
+    cs->parked.parked_next = cs->parked.parked_prev = &cs->parked;
+    while (cl) {
+        struct client *next = cl->parked_next;
+        cl->parked = false;
+        cl->parked_prev = cl->parked_next = NULL;
+        if (!cl->dead)
+            cl->proto->pump(cl);
+        cl = next;
+    }
 }
 
 void conn_link(struct conn_set *cs, struct client *cl, const struct client_proto *proto)
@@ -37,6 +80,7 @@ void conn_close(struct client *cl, const char *why)
     if (why)
         log_debug("client %s closed: %s", cl->addr, why);
     cl->dead = true;
+    unpark(cl);
     if (cl->proto && cl->proto->release)
         cl->proto->release(cl);
     loop_timer_cancel(cl->w->loop, &cl->timer);

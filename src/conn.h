@@ -52,6 +52,7 @@ struct client {
     bool dead;
     bool deferred;                   /* on the deferred list (pump again soon) */
     struct client *deferred_next;
+    struct client *parked_prev, *parked_next;   /* on the parked list while parked */
     char addr[INET6_ADDRSTRLEN];
     /* HTTP/1 (client_h1.c) */
     uint8_t state;                   /* enum client_state */
@@ -69,6 +70,7 @@ struct conn_set {
     struct client clients;           /* list head (sentinel) */
     struct client *reap;             /* closed this iteration, freed before sleeping */
     struct client *deferred;         /* to pump again before sleeping */
+    struct client parked;            /* handshakes waiting for a certificate (sentinel) */
 };
 
 void conn_set_init(struct conn_set *cs);
@@ -79,6 +81,11 @@ void conn_link(struct conn_set *cs, struct client *cl, const struct client_proto
 void conn_close(struct client *cl, const char *why);
 /* (Re-)arms the connection's timer; the proto's on_timeout runs when it fires. */
 void conn_arm(struct client *cl, uint32_t ms);
+/* The TLS handshake waits for a certificate: keep cl on the parked list
+ * (and out of its fd events) until conn_resume_parked. */
+void conn_park(struct client *cl);
+/* A certificate became ready or failed: pump every parked handshake. */
+void conn_resume_parked(struct conn_set *cs);
 /* Pumps cl again before the loop sleeps. */
 void conn_defer(struct client *cl);
 /* Runs the deferred pumps; true if some were queued again. */

@@ -135,7 +135,7 @@ static void handshake_pump(struct client *cl)
         return;
     }
     if (r == TRANSPORT_PARKED) {
-        cl->parked = true;   /* proxy_resume_parked pumps it again */
+        conn_park(cl);   /* proxy_resume_parked pumps it again */
         return;
     }
     if (r == TRANSPORT_ERROR) {
@@ -209,15 +209,6 @@ void proxy_drain(struct worker *w)
 void proxy_resume_parked(void *arg)
 {
     struct worker *w = arg;
-    struct conn_set *cs = w->conns;
-    struct client *cl = cs->clients.next;
 
-    while (cl != &cs->clients) {
-        struct client *next = cl->next;
-        if (cl->parked) {
-            cl->parked = false;
-            cl->proto->pump(cl);
-        }
-        cl = next;
-    }
+    conn_resume_parked(w->conns);
 }
