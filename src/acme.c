@@ -60,6 +60,14 @@ struct acme_client {
     char ac_problem[128];       /* type of the last CA problem document; "" none */
     struct timespec ac_deadline;  /* end of the current acme_obtain */
     atomic_bool ac_cancel;
+    unsigned ac_use;            /* ACME_CHALLENGE_* bits the current acme_obtain may answer */
+    unsigned ac_failed;         /* the challenge type whose validation failed; 0: none */
+    acme_abort_fn *ac_abort;    /* NULL, or asked during an order whether to give it up */
+    void *ac_abort_arg;
+    const char *ac_domain;      /* the domain of the current acme_obtain, for ac_abort;
+                                   NULL when it is not to be asked */
+    double ac_abort_at;         /* when ac_abort was last asked (now_s) */
+    bool ac_gave_up;            /* ac_abort said to give the current order up */
 };
 
 /* One HTTP answer. */
@@ -100,17 +108,42 @@ static bool past_deadline(const struct acme_client *c)
     return now_s() >= (double)c->ac_deadline.tv_sec + c->ac_deadline.tv_nsec / 1e9;
 }
 
+/* True when the current order is to be given up: acme_client_cancel, or
+ * the owner's abort callback (asked at most every 50 ms: it may look
+ * something up, and curl calls on_progress far more often). */
+static bool stopped(struct acme_client *c)
+{
+    if (atomic_load(&c->ac_cancel))
+        return true;
+    if (!c->ac_abort || !c->ac_domain)
+        return false;
+    double t = now_s();
+    if (t - c->ac_abort_at < 0.05)
+        return false;
+    c->ac_abort_at = t;
+    if (!c->ac_abort(c->ac_domain, c->ac_abort_arg))
+        return false;
+    c->ac_gave_up = true;   /* stays given up: later requests fail at once */
+    return true;
+}
+
+/* True once the current order was given up (without asking again). */
+static bool given_up(const struct acme_client *c)
+{
+    return atomic_load(&c->ac_cancel) || c->ac_gave_up;
+}
+
 /* Sleeps ms in 10 ms slices so acme_client_cancel ends it soon. -1 when
- * cancelled. */
+ * cancelled or given up. */
 static int nap(struct acme_client *c, long ms)
 {
-    while (ms > 0 && !atomic_load(&c->ac_cancel)) {
+    while (ms > 0 && !stopped(c)) {
         long step = ms < 10 ? ms : 10;
         struct timespec ts = { 0, step * 1000000L };
         nanosleep(&ts, NULL);
         ms -= step;
     }
-    return atomic_load(&c->ac_cancel) ? -1 : 0;
+    return given_up(c) || stopped(c) ? -1 : 0;
 }
 
 /* ---------------------------------------------------------------- HTTP */
@@ -180,7 +213,7 @@ static size_t on_header(char *line, size_t size, size_t n, void *arg)
 static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
     struct acme_client *c = arg;
-    return atomic_load(&c->ac_cancel) ? 1 : 0;
+    return given_up(c) || stopped(c) ? 1 : 0;
 }
 
 /* One HTTP exchange: method "GET", "HEAD" or "POST" (body: the JWS). Fills
@@ -194,6 +227,10 @@ static int http_do(struct acme_client *c, const char *method, const char *url, c
 
     resp_reset(r);
     c->ac_curlerr[0] = '\0';
+    if (given_up(c)) {
+        snprintf(err, errlen, "%s %s: cancelled", method, url);
+        return -1;
+    }
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);   /* resets the method and NOBODY */
     if (strcmp(method, "HEAD") == 0) {
@@ -207,7 +244,7 @@ static int http_do(struct acme_client *c, const char *method, const char *url, c
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &hc);
     CURLcode rc = curl_easy_perform(h);
     if (rc != CURLE_OK) {
-        if (atomic_load(&c->ac_cancel))
+        if (given_up(c))
             snprintf(err, errlen, "%s %s: cancelled", method, url);
         else if (r->r_toolong)
             snprintf(err, errlen, "%s %s: answer longer than %d bytes", method, url, BODY_MAX);
@@ -540,7 +577,8 @@ static int poll_wait(struct acme_client *c, const char *what, const char *url, l
 }
 
 /* Polls the authorization until it is no longer pending (section 7.5.1).
- * 0 when valid; -1 with the challenge's error otherwise. */
+ * 0 when valid; -2 with the challenge's error when it ended otherwise
+ * (the CA's validation failed); -1 with err when polling itself failed. */
 static int dopollauthz(struct acme_client *c, const char *url, const char *domain,
                        char *err, size_t errlen)
 {
@@ -567,6 +605,7 @@ static int dopollauthz(struct acme_client *c, const char *url, const char *domai
                      json_string_value(json_object_get(why, "type")) ?: "no error type",
                      json_string_value(json_object_get(why, "detail")) ?: "no detail");
             log_warn("acme: %s", err);
+            rc = -2;
             goto out;
         }
         json_decref(a);
@@ -594,7 +633,7 @@ static json_t *pick_challenge(struct acme_client *c, json_t *a, const char *url,
     char offered[200] = "";
 
     for (size_t p = 0; p < sizeof pref / sizeof pref[0]; p++) {
-        if (!(c->ac_challenges & pref[p].bit))
+        if (!(c->ac_use & pref[p].bit))
             continue;
         json_array_foreach(chs, i, ch)
             if (strcmp(json_string_value(json_object_get(ch, "type")) ?: "", pref[p].type) == 0 &&
@@ -606,10 +645,10 @@ static json_t *pick_challenge(struct acme_client *c, json_t *a, const char *url,
         if (off < sizeof offered)
             off += (size_t)snprintf(offered + off, sizeof offered - off, "%s%s", off ? ", " : "",
                                     json_string_value(json_object_get(ch, "type")) ?: "?");
-    snprintf(err, errlen, "authorization %s: no enabled challenge type among those offered (%s); "
-             "enabled:%s%s", url, offered,
-             c->ac_challenges & ACME_CHALLENGE_TLSALPN01 ? " tls-alpn-01" : "",
-             c->ac_challenges & ACME_CHALLENGE_HTTP01 ? " http-01" : "");
+    snprintf(err, errlen, "authorization %s: no challenge type to answer among those offered (%s); "
+             "tried:%s%s", url, offered,
+             c->ac_use & ACME_CHALLENGE_TLSALPN01 ? " tls-alpn-01" : "",
+             c->ac_use & ACME_CHALLENGE_HTTP01 ? " http-01" : "");
     log_warn("acme: %s", err);
     return NULL;
 }
@@ -641,8 +680,10 @@ static int doauthz(struct acme_client *c, const char *url, const char *domain,
         goto out;
     }
     json_t *ch = pick_challenge(c, a, url, err, errlen);
-    if (!ch)
+    if (!ch) {
+        c->ac_failed = c->ac_use;   /* the CA does not offer the type(s) tried */
         goto out;
+    }
     type = json_string_value(json_object_get(ch, "type"));
     token = json_string_value(json_object_get(ch, "token"));
     const char *churl = json_string_value(json_object_get(ch, "url"));
@@ -659,9 +700,16 @@ static int doauthz(struct acme_client *c, const char *url, const char *domain,
     log_info("acme: authorization %s for %s: answering %s", url, domain, type);
     /* A challenge already processing (a retried order) needs no new POST. */
     const char *chstatus = json_string_value(json_object_get(ch, "status")) ?: "";
-    if (strcmp(chstatus, "pending") == 0 && dochngreq(c, churl, err, errlen) < 0)
+    unsigned bit = strcmp(type, "http-01") == 0 ? ACME_CHALLENGE_HTTP01 : ACME_CHALLENGE_TLSALPN01;
+    if (strcmp(chstatus, "pending") == 0 && dochngreq(c, churl, err, errlen) < 0) {
+        if (!given_up(c) && c->ac_problem[0])
+            c->ac_failed = bit;   /* the CA refused this challenge */
         goto out;
-    if (dopollauthz(c, url, domain, err, errlen) < 0)
+    }
+    int polled = dopollauthz(c, url, domain, err, errlen);
+    if (polled == -2)
+        c->ac_failed = bit;   /* validated and refused: this type does not work here */
+    if (polled < 0)
         goto out;
     rc = 0;
 out:
@@ -797,22 +845,66 @@ out:
     return rc;
 }
 
+/* POST {"status":"deactivated"} to an authorization (section 7.5.2), so a
+ * failed or abandoned one is not left pending at the CA (Let's Encrypt
+ * counts pending authorizations per account, and may hand a pending one
+ * out again). Best effort: the outcome is logged, never an error of the
+ * order; the CA may refuse to deactivate one that is already invalid. */
+static void dodeactivate(struct acme_client *c, const char *url, const char *domain)
+{
+    struct resp r = { 0 };
+    char err[512];
+
+    if (acme_post(c, url, "{\"status\":\"deactivated\"}", false, &r, err, sizeof err) < 0) {
+        log_info("acme: authorization %s for %s: not deactivated: %s", url, domain, err);
+    } else if (r.r_status == 200) {
+        log_info("acme: authorization %s for %s: deactivated", url, domain);
+    } else {
+        json_t *p = json_loads(r.r_body, 0, NULL);
+        log_info("acme: authorization %s for %s: the CA did not deactivate it: HTTP %ld, %s: %s",
+                 url, domain, r.r_status,
+                 json_string_value(json_object_get(p, "type")) ?: "no problem type",
+                 json_string_value(json_object_get(p, "detail")) ?: "no detail");
+        json_decref(p);
+    }
+    resp_reset(&r);
+}
+
 /* ---------------------------------------------------------------- driver */
 
 int acme_obtain(struct acme_client *c, const char *domain, char **key_pem, char **chain_pem,
                 char *err, size_t errlen)
 {
+    return acme_obtain_via(c, domain, 0, key_pem, chain_pem, err, errlen);
+}
+
+int acme_obtain_via(struct acme_client *c, const char *domain, unsigned challenge,
+                    char **key_pem, char **chain_pem, char *err, size_t errlen)
+{
     struct order o = { 0 };
     EVP_PKEY *key = NULL;
     char *csr = NULL, *chain = NULL;
     double t0 = now_s();
+    json_t *authzs = NULL, *az;
+    size_t i, failed_authz = 0;
+    bool in_authz = false;
     int rc = -1;
 
     *key_pem = *chain_pem = NULL;
     c->ac_retry_after = 0;
     c->ac_problem[0] = '\0';
+    c->ac_failed = 0;
+    c->ac_gave_up = false;
+    c->ac_abort_at = 0;
+    c->ac_domain = domain;
+    c->ac_use = challenge ? challenge & c->ac_challenges : c->ac_challenges;
     if (atomic_load(&c->ac_cancel)) {
         snprintf(err, errlen, "cancelled");
+        return -1;
+    }
+    if (!c->ac_use) {
+        snprintf(err, errlen, "challenge type %s is not enabled (--acme-challenges)",
+                 acme_challenge_name(challenge));
         return -1;
     }
     clock_gettime(CLOCK_MONOTONIC, &c->ac_deadline);
@@ -844,16 +936,19 @@ int acme_obtain(struct acme_client *c, const char *domain, char **key_pem, char 
         if (doaccount(c, err, errlen) < 0 || doneworder(c, domain, &o, err, errlen) < 0)
             goto out;
     }
-    json_t *authzs = json_object_get(o.o_obj, "authorizations"), *az;
-    size_t i;
+    authzs = json_object_get(o.o_obj, "authorizations");
     if (json_array_size(authzs) == 0) {
         snprintf(err, errlen, "order %s: no authorizations", o.o_url);
         log_warn("acme: %s", err);
         goto out;
     }
-    json_array_foreach(authzs, i, az)
+    in_authz = true;
+    json_array_foreach(authzs, i, az) {
+        failed_authz = i;
         if (doauthz(c, json_string_value(az) ?: "", domain, err, errlen) < 0)
             goto out;
+    }
+    in_authz = false;
 
     /* 7.4 finalize once the order is ready, then wait for issuance. */
     if (dopollorder(c, &o, "ready", err, errlen) < 0)
@@ -877,6 +972,17 @@ int acme_obtain(struct acme_client *c, const char *domain, char **key_pem, char 
     log_info("acme: certificate for %s obtained in %.0f ms", domain, (now_s() - t0) * 1000);
     rc = 0;
 out:
+    c->ac_domain = NULL;   /* no more abort questions: the order is over */
+    if (rc < 0 && in_authz && !atomic_load(&c->ac_cancel)) {
+        /* The failed authorization and those after it, never answered:
+         * deactivated, also when the owner gave the order up. */
+        bool gave_up = c->ac_gave_up;
+        c->ac_gave_up = false;
+        json_array_foreach(authzs, i, az)
+            if (i >= failed_authz && json_is_string(az))
+                dodeactivate(c, json_string_value(az), domain);
+        c->ac_gave_up = gave_up;
+    }
     if (rc < 0)
         log_warn("acme: no certificate for %s after %.0f ms", domain, (now_s() - t0) * 1000);
     free(chain);
@@ -957,6 +1063,36 @@ struct acme_client *acme_client_new(const struct acme_options *o, char *err, siz
 long acme_retry_after(const struct acme_client *c)
 {
     return c->ac_retry_after;
+}
+
+unsigned acme_failed_challenge(const struct acme_client *c)
+{
+    return c->ac_failed;
+}
+
+unsigned acme_challenges(const struct acme_client *c)
+{
+    return c->ac_challenges;
+}
+
+bool acme_gave_up(const struct acme_client *c)
+{
+    return c->ac_gave_up;
+}
+
+void acme_client_set_abort(struct acme_client *c, acme_abort_fn *fn, void *arg)
+{
+    c->ac_abort = fn;
+    c->ac_abort_arg = arg;
+}
+
+const char *acme_challenge_name(unsigned bit)
+{
+    switch (bit) {
+    case ACME_CHALLENGE_HTTP01:    return "http-01";
+    case ACME_CHALLENGE_TLSALPN01: return "tls-alpn-01";
+    default:                       return "any enabled type";
+    }
 }
 
 void acme_client_cancel(struct acme_client *c)

@@ -62,6 +62,35 @@ struct acme_client *acme_client_new(const struct acme_options *o, char *err, siz
 int acme_obtain(struct acme_client *c, const char *domain, char **key_pem, char **chain_pem,
                 char *err, size_t errlen);
 
+/* Like acme_obtain, answering only with challenge (one ACME_CHALLENGE_*
+ * bit, which must be enabled; 0: any enabled type, as acme_obtain). When
+ * the order fails because the CA could not validate that type (or does not
+ * offer it), acme_failed_challenge says so, and the caller may try the
+ * other type with a new order. The failed authorization (and any not yet
+ * answered) is deactivated before this returns (RFC 8555 section 7.5.2). */
+int acme_obtain_via(struct acme_client *c, const char *domain, unsigned challenge,
+                    char **key_pem, char **chain_pem, char *err, size_t errlen);
+
+/* The challenge type (ACME_CHALLENGE_*) whose validation failed in the last
+ * acme_obtain; 0 when it failed for another reason (the CA unreachable or
+ * refusing the order, a timeout, a cancel) or succeeded. */
+unsigned acme_failed_challenge(const struct acme_client *c);
+
+/* The enabled ACME_CHALLENGE_* bits (acme_options.challenges, 0 -> both). */
+unsigned acme_challenges(const struct acme_client *c);
+
+/* "http-01", "tls-alpn-01", or "any enabled type" for anything else. */
+const char *acme_challenge_name(unsigned bit);
+
+/* Asked on the obtaining thread, at most every 50 ms while an order waits
+ * for the CA, whether to give the order for domain up (e.g. its route was
+ * removed): true ends acme_obtain soon with "cancelled", and
+ * acme_gave_up is then true. */
+typedef bool acme_abort_fn(const char *domain, void *arg);
+void acme_client_set_abort(struct acme_client *c, acme_abort_fn *fn, void *arg);
+/* The last acme_obtain ended because the abort callback said so. */
+bool acme_gave_up(const struct acme_client *c);
+
 /* Seconds the CA asked to wait (Retry-After) with the error that ended the
  * last acme_obtain, e.g. with a rateLimited problem; 0 when it did not say. */
 long acme_retry_after(const struct acme_client *c);

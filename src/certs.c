@@ -93,9 +93,9 @@ static struct {
 static enum certs_source source;
 static char *dir;
 static char *mkcert_bin;
+static struct acme_client *acme;       /* release mode; used by the certificate thread only */
 static pthread_t thread;
 static bool thread_started;
-static struct acme_client *acme;       /* release mode; used by the certificate thread only */
 static long backoff_first_s;           /* release mode: first retry delay */
 static int qsbr_id = -1;               /* the certificate thread reads routes (host policy) */
 static atomic_bool stopping;           /* certs_shutdown: an order failing now was cancelled */
@@ -284,6 +284,24 @@ static void store_publish(const char *name, size_t len, SSL_CTX *ctx, time_t not
     qsbr_reclaim();
 }
 
+/* Publishes a snapshot without name's entry, if it has one (a removed
+ * route); the entry's context is freed once no worker can hold it. */
+static void store_drop(const char *name, size_t len)
+{
+    struct cert_table *old = atomic_load_explicit(&store, memory_order_relaxed);
+    struct cert_entry *prev = table_find(old, name, len);
+    if (!prev)
+        return;
+    struct cert_table *t = table_new(old->cap);
+    for (size_t i = 0; i < old->cap; i++)
+        if (old->slot[i] && old->slot[i] != prev)
+            table_put(t, old->slot[i]);
+    atomic_store_explicit(&store, t, memory_order_release);
+    qsbr_retire(old, free);
+    qsbr_retire(prev, entry_free);
+    qsbr_reclaim();
+}
+
 /* ---- obtaining a certificate (certificate thread only) ---- */
 
 static void openssl_cause(char *err, size_t errlen, const char *what)
@@ -451,11 +469,53 @@ struct record {
     bool working;                  /* an order is under way */
     bool dormant;                  /* due, but the route is gone: wait for a request */
     char last_err[512];
+    unsigned worked;               /* ACME_CHALLENGE_* that validated last; 0: not known.
+                                      Tried first at the next order (renewal). */
+    struct {
+        time_t tf_at;              /* wall clock of this type's last failed validation; 0: none */
+        char tf_err[320];          /* the CA's problem type and detail */
+    } type_fail[2];                /* [challenge_slot(ACME_CHALLENGE_*)] */
 };
+
+/* The two challenge types, in the order tried when none is known to work:
+ * tls-alpn-01 first (answered on the https port, which serves anyway). */
+static const unsigned challenge_order[2] = { ACME_CHALLENGE_TLSALPN01, ACME_CHALLENGE_HTTP01 };
+
+/* Index of a challenge type bit in record.type_fail. */
+static int challenge_slot(unsigned bit)
+{
+    return bit == ACME_CHALLENGE_HTTP01 ? 0 : 1;
+}
+
+static unsigned challenge_from_name(const char *s)
+{
+    if (strcmp(s, "http-01") == 0)
+        return ACME_CHALLENGE_HTTP01;
+    if (strcmp(s, "tls-alpn-01") == 0)
+        return ACME_CHALLENGE_TLSALPN01;
+    return 0;
+}
+
+/* The type that worked, when the ledger needs to keep it: only when it is
+ * not the one tried first anyway (tls-alpn-01 when enabled), so a domain
+ * for which the default works leaves no line behind. 0 otherwise. */
+static unsigned worked_to_keep(const struct record *r)
+{
+    unsigned enabled = acme ? acme_challenges(acme) : 0;
+    unsigned first = enabled & challenge_order[0] ? challenge_order[0] : challenge_order[1];
+    return r->worked && r->worked != first ? r->worked : 0;
+}
+
+/* True when the record holds something the ledger file keeps. */
+static bool record_persists(const struct record *r)
+{
+    return r->failures > 0 || worked_to_keep(r) || r->type_fail[0].tf_at || r->type_fail[1].tf_at;
+}
 
 static struct {
     pthread_mutex_t mu;            /* guards the records; taken after q.mu, never before */
-    struct record **v;             /* never freed before certs_shutdown */
+    struct record **v;             /* freed only by the certificate thread (forget) and
+                                      certs_shutdown: that thread may keep a pointer */
     size_t n;
 } recs = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
@@ -518,7 +578,11 @@ static void record_cert(const char *name, size_t len, time_t nb, time_t na)
 
 /* The failure record as a text file, one line per failing domain:
  *   DOMAIN FAILURES LAST_FAIL NEXT_ATTEMPT LAST_ERROR
- * (times as Unix seconds; the error runs to the end of the line). Written
+ * and, for the challenge fallback, lines that start with '@' (which no
+ * domain does; an older core_server skips them as bad lines):
+ *   @worked DOMAIN TYPE               the challenge type that validated last
+ *   @failed DOMAIN TYPE TIME ERROR    that type's last failed validation
+ * (times as Unix seconds; an error runs to the end of the line). Written
  * atomically after every change, so a crash loop keeps its backoff. */
 static void failures_save(void)
 {
@@ -531,16 +595,26 @@ static void failures_save(void)
     pthread_mutex_lock(&recs.mu);
     for (size_t i = 0; i < recs.n; i++) {
         const struct record *r = recs.v[i];
-        if (r->failures == 0)
+        if (!record_persists(r))
             continue;
-        size_t need = strlen(r->name) + strlen(r->last_err) + 80;
+        size_t need = 3 * strlen(r->name) + strlen(r->last_err) + 2 * sizeof r->type_fail[0].tf_err + 200;
         if (used + need > cap) {
             cap = (used + need) * 2;
             buf = xrealloc(buf, cap);
         }
-        used += (size_t)snprintf(buf + used, cap - used, "%s %d %lld %lld %s\n", r->name,
-                                 r->failures, (long long)r->last_fail,
-                                 (long long)r->next_attempt, r->last_err);
+        if (r->failures > 0)
+            used += (size_t)snprintf(buf + used, cap - used, "%s %d %lld %lld %s\n", r->name,
+                                     r->failures, (long long)r->last_fail,
+                                     (long long)r->next_attempt, r->last_err);
+        if (worked_to_keep(r))
+            used += (size_t)snprintf(buf + used, cap - used, "@worked %s %s\n", r->name,
+                                     acme_challenge_name(r->worked));
+        for (int k = 0; k < 2; k++)
+            if (r->type_fail[challenge_slot(challenge_order[k])].tf_at)
+                used += (size_t)snprintf(buf + used, cap - used, "@failed %s %s %lld %s\n",
+                    r->name, acme_challenge_name(challenge_order[k]),
+                    (long long)r->type_fail[challenge_slot(challenge_order[k])].tf_at,
+                    r->type_fail[challenge_slot(challenge_order[k])].tf_err);
     }
     pthread_mutex_unlock(&recs.mu);
     snprintf(path, sizeof path, "%s/%s", dir, FAILURES_FILE);
@@ -548,6 +622,35 @@ static void failures_save(void)
         log_warn("certs: saving the ACME failure record: %s (backoff will not survive a restart)",
                  err);
     free(buf);
+}
+
+/* One '@' line of the ledger (see failures_save). Returns 1 if it was
+ * used, 0 (logged) if not. */
+static int ledger_line(const char *path, const char *line)
+{
+    char kind[16], name[DOMAIN_MAX + 2], type[16];
+    long long at = 0;
+    int off = 0;
+    int got = sscanf(line, "@%15s %254s %15s %lld %n", kind, name, type, &at, &off);
+    unsigned bit = got >= 3 ? challenge_from_name(type) : 0;
+    bool worked = got >= 3 && strcmp(kind, "worked") == 0;
+    bool failed = got >= 4 && off > 0 && strcmp(kind, "failed") == 0;
+
+    if (!bit || strlen(name) > DOMAIN_MAX || (!worked && !failed)) {
+        log_warn("certs: %s: skipping a bad line: %s", path, line);
+        return 0;
+    }
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_get(name, strlen(name));
+    if (worked) {
+        r->worked = bit;
+    } else {
+        r->type_fail[challenge_slot(bit)].tf_at = (time_t)at;
+        snprintf(r->type_fail[challenge_slot(bit)].tf_err, sizeof r->type_fail[0].tf_err, "%s",
+                 line + off);
+    }
+    pthread_mutex_unlock(&recs.mu);
+    return 0;   /* counted with its domain's failure line, if any */
 }
 
 static void failures_load(void)
@@ -569,6 +672,10 @@ static void failures_load(void)
         line[strcspn(line, "\n")] = '\0';
         if (line[0] == '#' || !line[0])
             continue;
+        if (line[0] == '@') {
+            n += ledger_line(path, line);
+            continue;
+        }
         if (sscanf(line, "%254s %d %lld %lld %n", name, &failures, &last, &next, &off) < 4 ||
             strlen(name) > DOMAIN_MAX || failures <= 0) {
             log_warn("certs: %s: skipping a bad line: %s", path, line);
@@ -742,26 +849,87 @@ fail:
     return NULL;
 }
 
+/* Copies err into a one-line, NUL-terminated field of cap bytes (a long CA
+ * error keeps its start). */
+static void copy_line(char *dst, size_t cap, const char *err)
+{
+    size_t n = strnlen(err, cap - 1);
+    memcpy(dst, err, n);
+    dst[n] = '\0';
+    for (char *p = dst; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+}
+
+/* The challenge types to try for r, in order: the one that worked last
+ * first, then the others enabled. Returns how many (1 or 2). Under recs.mu. */
+static int challenge_plan(const struct record *r, unsigned enabled, unsigned plan[2])
+{
+    int n = 0;
+    if (r->worked & enabled)
+        plan[n++] = r->worked;
+    for (int k = 0; k < 2; k++)
+        if ((challenge_order[k] & enabled) && challenge_order[k] != r->worked)
+            plan[n++] = challenge_order[k];
+    return n;
+}
+
+/* Forgets what memory holds for a domain whose route is gone: its
+ * certificate leaves the store (freed through QSBR), its record loses the
+ * certificate and its renewal, and is freed unless the ledger file keeps
+ * something of it (failures, the challenge type that worked). The files on
+ * disk stay: a later add loads them without asking the CA. */
+static void forget(const char *name, size_t len);
+
 /* Runs one ACME order for name and publishes the outcome: on success the
  * new certificate (saved as CERTS_DIR/DOMAIN, key then chain, 0600), on
- * failure the backoff (the certificate held, if any, keeps serving). */
+ * failure the backoff (the certificate held, if any, keeps serving).
+ * Challenge fallback: when the CA could not validate one type and another
+ * is enabled, a new order with that type follows at once; only when every
+ * enabled type failed does the domain back off. */
 static void issue(const char *name, size_t len, const char *path)
 {
     char *key_pem = NULL, *chain_pem = NULL, *pem = NULL, err[1024] = "", t1[32], t2[32];
+    char all_err[1024] = "";
     SSL_CTX *ctx = NULL;
     time_t nb = 0, na = 0;
     size_t pem_len = 0;
-    bool had_failures;
+    bool had_failures, ledger_changed = false;
     uint64_t t0 = mono_ms();
+    unsigned plan[2], used = 0;
+    int nplan;
 
     pthread_mutex_lock(&recs.mu);
     struct record *r = record_get(name, len);
     r->working = true;
     had_failures = r->failures > 0;
+    nplan = challenge_plan(r, acme_challenges(acme), plan);
     pthread_mutex_unlock(&recs.mu);
 
-    log_info("certs %s: ordering a certificate from the CA", name);
-    if (acme_obtain(acme, name, &key_pem, &chain_pem, err, sizeof err) == 0) {
+    for (int k = 0; k < nplan; k++) {
+        used = plan[k];
+        log_info("certs %s: ordering a certificate from the CA (challenge %s)", name,
+                 acme_challenge_name(used));
+        if (acme_obtain_via(acme, name, used, &key_pem, &chain_pem, err, sizeof err) == 0)
+            break;
+        unsigned failed = acme_failed_challenge(acme);
+        if (atomic_load(&stopping) || acme_gave_up(acme) || !failed)
+            break;
+        pthread_mutex_lock(&recs.mu);
+        r->type_fail[challenge_slot(failed)].tf_at = time(NULL);
+        copy_line(r->type_fail[challenge_slot(failed)].tf_err, sizeof r->type_fail[0].tf_err, err);
+        pthread_mutex_unlock(&recs.mu);
+        ledger_changed = true;
+        size_t off = strlen(all_err);
+        snprintf(all_err + off, sizeof all_err - off, "%s%s failed: %s", off ? "; " : "",
+                 acme_challenge_name(failed), err);
+        if (k + 1 < nplan)
+            log_warn("certs %s: challenge %s failed: %s; trying %s at once with a new order", name,
+                     acme_challenge_name(failed), err, acme_challenge_name(plan[k + 1]));
+        else if (k > 0)
+            snprintf(err, sizeof err, "%s", all_err);   /* every enabled type failed */
+    }
+    if (key_pem && chain_pem) {
         size_t kl = strlen(key_pem), cl = strlen(chain_pem);
         pem_len = kl + cl;
         pem = xmalloc(pem_len + 1);
@@ -780,19 +948,36 @@ static void issue(const char *name, size_t len, const char *path)
         r->last_fail = r->next_attempt = 0;
         r->last_err[0] = '\0';
         r->working = false;
+        if (r->worked != used || r->type_fail[challenge_slot(used)].tf_at)
+            ledger_changed = true;
+        r->worked = used;   /* tried first at renewal */
+        r->type_fail[challenge_slot(used)].tf_at = 0;
+        r->type_fail[challenge_slot(used)].tf_err[0] = '\0';
         time_t renew_at = r->renew_at;
         pthread_mutex_unlock(&recs.mu);
-        if (had_failures)
+        if (had_failures || ledger_changed)
             failures_save();
-        log_info("certs %s: certificate obtained in %llu ms, valid until %s, renewal from %s; "
-                 "saved to %s", name, (unsigned long long)(mono_ms() - t0),
-                 fmt_time(na, t1, sizeof t1), fmt_time(renew_at, t2, sizeof t2), path);
+        log_info("certs %s: certificate obtained in %llu ms through %s, valid until %s, renewal "
+                 "from %s; saved to %s", name, (unsigned long long)(mono_ms() - t0),
+                 acme_challenge_name(used), fmt_time(na, t1, sizeof t1),
+                 fmt_time(renew_at, t2, sizeof t2), path);
     } else if (atomic_load(&stopping)) {
         /* Cancelled by certs_shutdown: not the CA's failure, no backoff. */
         log_info("certs %s: order abandoned at shutdown (%s)", name, err);
         pthread_mutex_lock(&recs.mu);
         r->working = false;
         pthread_mutex_unlock(&recs.mu);
+        if (ledger_changed)
+            failures_save();
+    } else if (acme_gave_up(acme)) {
+        /* The route was removed while the order ran: no backoff, no retry. */
+        log_info("certs %s: route removed: order stopped (%s); forgetting its certificate state",
+                 name, err);
+        pthread_mutex_lock(&recs.mu);
+        r->working = false;
+        pthread_mutex_unlock(&recs.mu);
+        forget(name, len);
+        failures_save();
     } else {
         long delay = record_failure(name, len, err, acme_retry_after(acme));
         pthread_mutex_lock(&recs.mu);
@@ -800,8 +985,9 @@ static void issue(const char *name, size_t len, const char *path)
         r->working = false;
         pthread_mutex_unlock(&recs.mu);
         failures_save();
-        log_warn("certs %s: ACME order failed (attempt %d): %s; next attempt at %s (in %ld s)%s",
-                 name, failures, err, fmt_time(time(NULL) + delay, t1, sizeof t1), delay,
+        log_warn("certs %s: ACME order failed (attempt %d)%s: %s; next attempt at %s (in %ld s)%s",
+                 name, failures, nplan > 1 && all_err[0] ? ", every enabled challenge type failed" : "",
+                 err, fmt_time(time(NULL) + delay, t1, sizeof t1), delay,
                  had_failures || failures > 1 ? "" : "; handshakes for it fail until then");
         store_publish(name, len, NULL, 0, mono_ms() + (uint64_t)delay * 1000u);
     }
@@ -872,6 +1058,67 @@ static void obtain_acme(const char *name, size_t len, bool renew)
     issue(name, len, path);
 }
 
+static void forget(const char *name, size_t len)
+{
+    store_drop(name, len);
+    pthread_mutex_lock(&recs.mu);
+    for (size_t i = 0; i < recs.n; i++) {
+        struct record *r = recs.v[i];
+        if (strlen(r->name) != len || memcmp(r->name, name, len) != 0)
+            continue;
+        r->not_before = r->not_after = r->renew_at = 0;
+        r->dormant = true;   /* no renewal, no retry: an add wakes it */
+        if (!record_persists(r) && !r->working) {
+            recs.v[i] = recs.v[--recs.n];
+            free(r);
+        }
+        break;
+    }
+    pthread_mutex_unlock(&recs.mu);
+}
+
+/* Forgets every domain that holds certificate state but no longer has a
+ * route (removed with the command): runs on the certificate thread at
+ * most every SWEEP_S. The command channel tells certs only of added routes,
+ * so removals are found by looking. */
+#define SWEEP_S 1
+static void sweep_removed(void)
+{
+    struct cert_table *t = atomic_load_explicit(&store, memory_order_relaxed);
+    char (*gone)[DOMAIN_MAX + 1] = NULL;
+    size_t n = 0, cap = 0;
+
+#define GONE(nm, ln) do { \
+        if (n == cap) { cap = cap ? cap * 2 : 8; gone = xrealloc(gone, cap * sizeof gone[0]); } \
+        memcpy(gone[n], (nm), (ln)); gone[n++][(ln)] = '\0'; \
+    } while (0)
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slot[i] && !has_route(t->slot[i]->name, t->slot[i]->len))
+            GONE(t->slot[i]->name, t->slot[i]->len);
+    pthread_mutex_lock(&recs.mu);
+    for (size_t i = 0; i < recs.n; i++) {
+        const struct record *r = recs.v[i];
+        size_t len = strlen(r->name);
+        if (!r->not_after || r->working || has_route(r->name, len) || table_find(t, r->name, len))
+            continue;
+        GONE(r->name, len);
+    }
+    pthread_mutex_unlock(&recs.mu);
+#undef GONE
+    for (size_t i = 0; i < n; i++) {
+        log_info("certs %s: route removed: no renewal; its certificate is forgotten in memory "
+                 "(the files in %s stay, a later add serves them)", gone[i], dir);
+        forget(gone[i], strlen(gone[i]));
+    }
+    free(gone);
+}
+
+/* acme_client_set_abort: an order whose route was removed stops. */
+static bool route_gone(const char *domain, void *arg)
+{
+    return !has_route(domain, strlen(domain));
+}
+
 /* ---- the certificate thread ---- */
 
 /* When a record next needs the thread (wall clock), or 0: a held
@@ -930,11 +1177,17 @@ static void notify_subscribers(void)
 }
 
 /* Waits for a queued name, or (release mode) until a renewal or retry is
- * due. Under q.mu. */
-static void wait_for_work_locked(void)
+ * due, or the sweep for removed routes (*sweep_at, wall clock). Under q.mu. */
+static void wait_for_work_locked(time_t sweep_at)
 {
     while (!q.head && !q.stop) {
         time_t due = source == CERTS_ACME ? next_due() : 0;
+        if (source == CERTS_ACME) {
+            if (time(NULL) >= sweep_at)
+                return;
+            if (!due || due > sweep_at)
+                due = sweep_at;
+        }
         if (!due) {
             pthread_cond_wait(&q.cv, &q.mu);
         } else if (due <= time(NULL)) {
@@ -952,11 +1205,21 @@ static void *cert_thread_main(void *arg)
 {
     if (qsbr_id >= 0)
         qsbr_offline(qsbr_id);   /* online only inside has_route() */
+    time_t sweep_at = time(NULL) + SWEEP_S;
     pthread_mutex_lock(&q.mu);
     for (;;) {
-        wait_for_work_locked();
+        wait_for_work_locked(sweep_at);
         if (q.stop)
             break;
+        if (source == CERTS_ACME && time(NULL) >= sweep_at) {
+            pthread_mutex_unlock(&q.mu);
+            sweep_removed();
+            sweep_at = time(NULL) + SWEEP_S;
+            pthread_mutex_lock(&q.mu);
+            continue;
+        }
+        if (!q.head)
+            continue;
         char name[DOMAIN_MAX + 1];
         size_t len = q.head->len;
         bool renew = q.head->renew;
@@ -1078,6 +1341,7 @@ int certs_init_acme(const char *certs_dir, const struct acme_options *opts,
     o.certs_dir = certs_dir;
     if (!(acme = acme_client_new(&o, err, errlen)))
         return -1;
+    acme_client_set_abort(acme, route_gone, NULL);
     source = CERTS_ACME;
     dir = xstrdup(certs_dir);
     backoff_first_s = backoff_first > 0 ? backoff_first : CERTS_BACKOFF_FIRST_S;
@@ -1149,6 +1413,20 @@ size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
             fmt_time(r.next_attempt > now ? r.next_attempt : now, t2, sizeof t2), r.failures);
     else
         ADD("next attempt: -\n");
+    /* The challenge fallback: the type tried first, and each enabled
+     * type's last failed validation. */
+    unsigned enabled = acme_challenges(acme), plan[2];
+    int nplan = challenge_plan(&r, enabled, plan);
+    ADD("challenge: %s first%s\n", acme_challenge_name(plan[0]),
+        r.worked & enabled ? " (it worked last)" : "");
+    for (int k = 0; k < nplan; k++) {
+        int slot = challenge_slot(plan[k]);
+        if (r.type_fail[slot].tf_at)
+            ADD("%s last failure: %s %s\n", acme_challenge_name(plan[k]),
+                fmt_time(r.type_fail[slot].tf_at, t1, sizeof t1), r.type_fail[slot].tf_err);
+        else
+            ADD("%s last failure: none\n", acme_challenge_name(plan[k]));
+    }
 #undef ADD
     return n;
 }
