@@ -25,6 +25,7 @@
 #include "challenge.h"
 #include "conn.h"
 #include "cli.h"
+#include "cmd.h"
 #include "domain.h"
 #include "http1.h"
 #include "log.h"
@@ -535,7 +536,7 @@ static void start_request(struct client *cl, const struct http1_request *req, ui
         memcpy(ex->host, host, (size_t)hl + 1);
     else if (inf->host.base)
         copy_slice(ex->host, sizeof ex->host, inf->host);
-    ex->port = hl > 0 ? routes_lookup(routes_current(), host, (size_t)hl) : 0;
+    ex->port = hl > 0 ? cmd_lookup_route(host, (size_t)hl) : 0;   /* waits for a racing add */
 
     /* The head leaves `in` now if a body follows it; a body-less request
      * keeps it there until the response starts, for a replay. */

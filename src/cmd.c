@@ -9,7 +9,13 @@
  * so it sees exactly the state its position implies. Replies go out in
  * arrival order. If a segment's save fails, every mutating command in it is
  * answered with the save error and the clone is discarded: memory and file
- * never disagree. */
+ * never disagree.
+ *
+ * Route misses racing a command (cmd_sync_pending, any worker thread): only
+ * the command thread ever reads the socket; a worker that is about to refuse
+ * a name peeks at the socket and, when a datagram waits there or a batch is
+ * being applied, waits for the command thread's next batch to end. See the
+ * section "route misses" below for why the worker does not read itself. */
 #include "cmd.h"
 #include "certs.h"
 #include "log.h"
@@ -20,12 +26,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- parsing ---- */
@@ -167,6 +175,23 @@ int cmd_parse(const char *msg, size_t len, struct cmd_command *out, char *err, s
 
 /* ---- the server ---- */
 
+/* Batches, for route misses on other threads (cmd_sync_pending). sync_mu
+ * guards exactly the variables below and the cs_paused flag of the server;
+ * the rest of struct cmd_server belongs to the command thread alone (the
+ * batch itself runs without the lock). The command thread takes it for an
+ * instant at the start and end of each batch, at pause and at close; a
+ * worker holds it while it peeks at the socket and while it waits on
+ * sync_cv (which releases it). Lock order: nothing is taken under sync_mu
+ * (recv with MSG_DONTWAIT is the only call made under it). */
+static pthread_mutex_t sync_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sync_cv;             /* CLOCK_MONOTONIC; broadcast at a batch's end,
+                                              at pause and at close */
+static pthread_once_t sync_once = PTHREAD_ONCE_INIT;
+static struct cmd_server *sync_server;     /* the running server; NULL before start, after close */
+static uint64_t sync_started, sync_done;   /* batches begun / finished (read, applied, saved,
+                                              published, answered) */
+static bool sync_last_full;                /* the last finished batch read BATCH_MAX datagrams */
+
 #define BATCH_MAX 256          /* datagrams drained per readiness event */
 #define REPLY_TEXT_MAX 512     /* longest single-datagram reply (errors, status) */
 #define RECLAIM_MS 100         /* retry freeing retired snapshots this often */
@@ -206,7 +231,8 @@ struct cmd_server {
     struct change cs_changes[BATCH_MAX];
     size_t cs_nchanges;
     bool cs_shutdown;                  /* a shutdown was answered in this batch */
-    bool cs_paused;                    /* cmd_server_pause: read no more datagrams */
+    bool cs_paused;                    /* cmd_server_pause: read no more datagrams; written
+                                          under sync_mu (workers read it there) */
     uint64_t cs_drop_log_ms;           /* when a non-loopback drop was last logged */
     unsigned long cs_drops_unlogged;   /* drops since then, not logged one by one */
     char cs_save_err[8192];            /* reply for ITEM_UNSAVED commands */
@@ -469,6 +495,34 @@ static void handle_datagram(struct cmd_server *s, size_t idx, size_t len, int fl
     s->cs_sent = idx + 1;
 }
 
+/* sync_cv measures its timeouts on the monotonic clock (a wall-clock step
+ * must not stretch or cut a wait). */
+static void sync_init(void)
+{
+    pthread_condattr_t a;
+
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&sync_cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static void batch_begin(void)
+{
+    pthread_mutex_lock(&sync_mu);
+    sync_started++;
+    pthread_mutex_unlock(&sync_mu);
+}
+
+static void batch_end(bool full)
+{
+    pthread_mutex_lock(&sync_mu);
+    sync_done++;
+    sync_last_full = full;
+    pthread_cond_broadcast(&sync_cv);
+    pthread_mutex_unlock(&sync_mu);
+}
+
 static void on_readable(struct loop *l, struct loop_fd *h, uint32_t events)
 {
     struct cmd_server *s = (struct cmd_server *)h;   /* cs_lfd is the first member */
@@ -476,6 +530,7 @@ static void on_readable(struct loop *l, struct loop_fd *h, uint32_t events)
 
     if (s->cs_paused)
         return;   /* an event from the batch that was already returned by epoll */
+    batch_begin();
     for (int i = 0; i < BATCH_MAX; i++) {
         s->cs_iov[i] = (struct iovec){ s->cs_items[i].it_buf, CMD_DATAGRAM_MAX };
         s->cs_msgs[i].msg_hdr = (struct msghdr){
@@ -488,12 +543,14 @@ static void on_readable(struct loop *l, struct loop_fd *h, uint32_t events)
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             log_warn("command port: recvmmsg: %s", strerror(errno));
+        batch_end(false);
         return;
     }
     s->cs_sent = 0;
     for (int i = 0; i < n; i++)
         handle_datagram(s, (size_t)i, s->cs_msgs[i].msg_len, s->cs_msgs[i].msg_hdr.msg_flags);
     commit_segment(s, (size_t)n);
+    batch_end(n == BATCH_MAX);   /* published and answered: waiting route misses look again */
     if (s->cs_shutdown) {
         s->cs_shutdown = false;
         if (s->cs_hooks.on_shutdown)
@@ -520,6 +577,10 @@ struct cmd_server *cmd_server_start(struct loop *l, int udp_fd, const char *rout
         free(s);
         return NULL;
     }
+    pthread_once(&sync_once, sync_init);
+    pthread_mutex_lock(&sync_mu);
+    sync_server = s;
+    pthread_mutex_unlock(&sync_mu);
     return s;
 }
 
@@ -527,7 +588,11 @@ void cmd_server_pause(struct cmd_server *s)
 {
     if (!s || s->cs_paused)
         return;
+    /* Under sync_mu: a worker waiting for our next batch stops waiting. */
+    pthread_mutex_lock(&sync_mu);
     s->cs_paused = true;
+    pthread_cond_broadcast(&sync_cv);
+    pthread_mutex_unlock(&sync_mu);
     loop_del_fd(s->cs_loop, &s->cs_lfd);
 }
 
@@ -537,6 +602,12 @@ void cmd_server_close(struct cmd_server *s)
         return;
     if (!s->cs_paused)
         loop_del_fd(s->cs_loop, &s->cs_lfd);
+    /* Before the socket is closed: no worker peeks at it from now on. */
+    pthread_mutex_lock(&sync_mu);
+    if (sync_server == s)
+        sync_server = NULL;
+    pthread_cond_broadcast(&sync_cv);
+    pthread_mutex_unlock(&sync_mu);
     close(s->cs_lfd.fd);
     if (loop_timer_armed(&s->cs_reclaim))
         loop_timer_cancel(s->cs_loop, &s->cs_reclaim);
@@ -544,4 +615,104 @@ void cmd_server_close(struct cmd_server *s)
     free(s->cs_items);
     free(s->cs_path);
     free(s);
+}
+
+/* ---- route misses (any thread but the command thread) ----
+ *
+ * Why the worker asks the command thread rather than reading the socket
+ * itself: the command thread is the only reader the rest of the server
+ * knows about. A handover (handover.c) relies on it: while it blocks the
+ * command thread, no command is read, so the routes file the new instance
+ * loads is the last one; a worker applying a datagram then would save a
+ * route the new instance never sees. The hooks (shutdown, a route's
+ * certificate) and the reclaim timer also belong on the command thread's
+ * loop. And the datagram that races a request has usually woken the
+ * command thread already (the socket is level-triggered on its loop), so
+ * the wait is mostly the batch itself, which a worker doing it would pay
+ * too.
+ *
+ * Why peek first: an unknown name with nothing pending (the common case:
+ * scanners, typos) costs one recv(MSG_PEEK) returning EAGAIN, no wake-up
+ * and no wait. Only a datagram waiting in the socket, or a batch being
+ * applied, makes the worker wait, and then for that batch only:
+ * SYNC_START_MS for the command thread to begin reading (generous: a loaded
+ * machine can leave it unscheduled for tens of ms; it is blocked
+ * only by a handover, when commands must not be read anyway), SYNC_MAX_MS
+ * in all (a slow fsync). */
+
+#define SYNC_START_MS 250    /* the command thread begins reading a waiting datagram within this */
+#define SYNC_MAX_MS   2000   /* cap on one cmd_sync_pending, whatever the disk does */
+
+static struct timespec deadline_in(uint32_t ms)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
+static bool before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* A datagram waits in the socket. MSG_PEEK leaves it for the command
+ * thread; an empty datagram returns 0 and counts too. Under sync_mu. */
+static bool datagram_waiting(int fd)
+{
+    char c;
+    return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0;
+}
+
+bool cmd_sync_pending(void)
+{
+    struct timespec cap, start, limit;
+    uint64_t done0, target = 0;   /* target: the batch that must finish (begun after a peek) */
+    bool changed;
+
+    pthread_once(&sync_once, sync_init);
+    cap = start = deadline_in(SYNC_MAX_MS);
+    pthread_mutex_lock(&sync_mu);
+    done0 = sync_done;
+    for (;;) {
+        struct cmd_server *s = sync_server;
+        if (!s || s->cs_paused)
+            break;   /* no server, or another instance reads the commands now */
+        /* A batch begun after we saw a datagram ended without filling up:
+         * it drained the socket, so it read every datagram sent before us. */
+        if (target && sync_done >= target && !sync_last_full)
+            break;
+        if (sync_started == sync_done) {   /* no batch being applied */
+            if (!datagram_waiting(s->cs_lfd.fd))
+                break;   /* nothing received that no finished batch has handled */
+            if (!target || sync_done >= target) {
+                target = sync_started + 1;   /* the next batch reads it */
+                start = deadline_in(SYNC_START_MS);
+            }
+        }
+        limit = sync_started < target && before(&start, &cap) ? start : cap;
+        if (pthread_cond_timedwait(&sync_cv, &sync_mu, &limit) == ETIMEDOUT) {
+            log_debug("route lookup: a command is pending but its batch did not end in time "
+                      "(a handover blocking the command port, or a slow disk): not waiting longer");
+            break;
+        }
+    }
+    changed = sync_done != done0;
+    pthread_mutex_unlock(&sync_mu);
+    return changed;
+}
+
+uint16_t cmd_lookup_route(const char *name, size_t len)
+{
+    uint16_t port = routes_lookup(routes_current(), name, len);
+
+    if (port == 0 && cmd_sync_pending())
+        port = routes_lookup(routes_current(), name, len);
+    return port;
 }

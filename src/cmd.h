@@ -25,6 +25,7 @@
  * dropped with a log line and no reply. */
 #ifndef CORE_CMD_H
 #define CORE_CMD_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "domain.h"
@@ -71,5 +72,24 @@ void cmd_server_pause(struct cmd_server *s);
  * While it runs, the server frees retired route snapshots on a 100 ms timer
  * (qsbr_reclaim) for as long as any are pending. */
 void cmd_server_close(struct cmd_server *s);
+
+/* ---- route misses racing a command (any thread but the command thread) ----
+ * A request or handshake sent after an "add" datagram must be routed by it,
+ * even when the command thread has not read the datagram yet. Before a name
+ * is refused as unknown, cmd_sync_pending makes sure that every datagram the
+ * kernel had received when it was called has been handled: read, applied,
+ * saved and published (or refused, the failed save changing nothing), and
+ * answered, by the command thread, as always. It returns at once, after one
+ * recv(MSG_PEEK) returning EAGAIN, when no datagram waits and no batch is
+ * being applied; otherwise it waits for that batch (the command thread
+ * begins within SYNC_START_MS unless a handover blocks it; SYNC_MAX_MS in
+ * all, see cmd.c). Never sleeps otherwise. Returns true when a batch ended
+ * meanwhile, i.e. the routes may have changed: look the name up again.
+ * Returns false at once when no server runs or it is paused (handed over). */
+bool cmd_sync_pending(void);
+/* The route lookup for a request or handshake (QSBR reader thread): the
+ * current snapshot's port for the canonical name; on a miss,
+ * cmd_sync_pending() and one more lookup. 0: unknown, refuse it. */
+uint16_t cmd_lookup_route(const char *name, size_t len);
 
 #endif

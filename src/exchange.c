@@ -13,6 +13,7 @@
 #include "backend.h"
 #include "buf.h"
 #include "cli.h"
+#include "cmd.h"
 #include "domain.h"
 #include "log.h"
 #include "mem.h"
@@ -267,7 +268,7 @@ struct exchange *exchange_start(struct worker *w, const struct exchange_req *r, 
         respond_generated(ex, 421, "Misdirected Request");
         return ex;
     }
-    ex->ex_port = routes_lookup(routes_current(), ex->ex_host, (size_t)hl);
+    ex->ex_port = cmd_lookup_route(ex->ex_host, (size_t)hl);   /* waits for a racing add */
     if (ex->ex_port == 0) {
         respond_generated(ex, 404, "Domain Not Recognized");
         return ex;
