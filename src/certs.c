@@ -1306,6 +1306,27 @@ static int start_thread(char *err, size_t errlen)
     return 0;
 }
 
+/* Local mode, before serving: mkcert's CA must exist so the first HTTPS
+ * client can verify against it (on a first run CAROOT is empty, and the
+ * CA would otherwise appear only with the first certificate). Says how to
+ * trust it; installing it into a trust store is left to the user. A
+ * failure is logged, not fatal: each certificate then reports mkcert's
+ * own error. */
+static void ensure_mkcert_ca(const char *mkcert_path)
+{
+    char caroot[PATH_MAX], err[1024];
+    int r = mkcert_ensure_ca(mkcert_path, caroot, sizeof caroot, err, sizeof err);
+    if (r < 0)
+        log_warn("certs: mkcert's CA: %s (local HTTPS will fail until mkcert can create it)", err);
+    else if (r == 1)
+        log_info("certs: created mkcert's local CA in %s: HTTPS clients verify against "
+                 "%s/rootCA.pem; to make this machine's browsers trust it, run: mkcert -install "
+                 "(core_server never installs it)", caroot, caroot);
+    else
+        log_info("certs: mkcert's CA is %s/rootCA.pem (if browsers here do not trust it yet, "
+                 "run: mkcert -install)", caroot);
+}
+
 int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_path,
                char *err, size_t errlen)
 {
@@ -1319,6 +1340,7 @@ int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_
     }
     if (check_dir(certs_dir, err, errlen) < 0)
         return -1;
+    ensure_mkcert_ca(mkcert_path);
     source = src;
     dir = xstrdup(certs_dir);
     mkcert_bin = xstrdup(mkcert_path);

@@ -90,7 +90,7 @@ static void keep_last_line(char *tail, size_t *tail_len, size_t cap, const char 
 /* Reads the child's output until EOF or the deadline; returns false on timeout. */
 static bool drain_output(int fd, uint64_t deadline, char *last, size_t last_cap)
 {
-    char buf[1024], tail[512];
+    char buf[1024], tail[4096];   /* a line as long as a path (mkcert -CAROOT) */
     size_t tail_len = 0;
 
     for (;;) {
@@ -141,24 +141,28 @@ static int wait_bounded(pid_t pid, uint64_t deadline)
     return -1;
 }
 
-int mkcert_make(const char *mkcert_path, const char *domain, const char *cert_path,
-                const char *key_path, char *err, size_t errlen)
+/* Runs mkcert with argv (no shell), its output through a pipe, bounded to
+ * MKCERT_TIMEOUT_MS. what names the job in err ("mkcert DOMAIN"). The last
+ * non-empty line of its output goes to last. Returns 0 when it exited 0,
+ * else -1 with the exit status and that line in err. */
+static int run_mkcert(const char *mkcert_path, char *const argv[], const char *what,
+                      char *last, size_t last_cap, char *err, size_t errlen)
 {
     int pipefd[2] = { -1, -1 };
     posix_spawn_file_actions_t fa;
     bool fa_ok = false;
     pid_t pid = -1;
-    char last[256] = "";
     int ret = -1;
 
+    last[0] = '\0';
     /* O_CLOEXEC: another thread spawning at the same moment must not inherit
      * our pipe, or EOF would never come. */
     if (pipe2(pipefd, O_CLOEXEC) < 0) {
-        snprintf(err, errlen, "mkcert %s: pipe: %s", domain, strerror(errno));
+        snprintf(err, errlen, "%s: pipe: %s", what, strerror(errno));
         goto out;
     }
     if (posix_spawn_file_actions_init(&fa) != 0) {
-        snprintf(err, errlen, "mkcert %s: posix_spawn_file_actions_init failed", domain);
+        snprintf(err, errlen, "%s: posix_spawn_file_actions_init failed", what);
         goto out;
     }
     fa_ok = true;
@@ -170,17 +174,13 @@ int mkcert_make(const char *mkcert_path, const char *domain, const char *cert_pa
         posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1) != 0 ||
         posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2) != 0 ||
         posix_spawn_file_actions_addclosefrom_np(&fa, 3) != 0) {
-        snprintf(err, errlen, "mkcert %s: posix_spawn_file_actions failed", domain);
+        snprintf(err, errlen, "%s: posix_spawn_file_actions failed", what);
         goto out;
     }
-    /* -ecdsa: a P-256 key, as release mode's certificates: handshakes cost a
-     * fraction of RSA-2048's, and every current browser accepts it. */
-    char *argv[] = { "mkcert", "-ecdsa", "-cert-file", (char *)cert_path, "-key-file",
-                     (char *)key_path, (char *)domain, NULL };
     int e = posix_spawn(&pid, mkcert_path, &fa, NULL, argv, environ);
     if (e != 0) {
         pid = -1;
-        snprintf(err, errlen, "mkcert %s: cannot run %s: %s%s", domain, mkcert_path, strerror(e),
+        snprintf(err, errlen, "%s: cannot run %s: %s%s", what, mkcert_path, strerror(e),
                  e == ENOENT ? " (install it: apt-get install mkcert)" : "");
         goto out;
     }
@@ -188,31 +188,20 @@ int mkcert_make(const char *mkcert_path, const char *domain, const char *cert_pa
     pipefd[1] = -1;
 
     uint64_t deadline = now_ms() + MKCERT_TIMEOUT_MS;
-    bool drained = drain_output(pipefd[0], deadline, last, sizeof last);
+    bool drained = drain_output(pipefd[0], deadline, last, last_cap);
     int status = wait_bounded(pid, drained ? deadline : 0);
     pid = -1;
     if (status < 0) {
-        snprintf(err, errlen, "mkcert %s: no result after %d s, killed", domain,
-                 MKCERT_TIMEOUT_MS / 1000);
+        snprintf(err, errlen, "%s: no result after %d s, killed", what, MKCERT_TIMEOUT_MS / 1000);
         goto out;
     }
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         if (WIFSIGNALED(status))
-            snprintf(err, errlen, "mkcert %s: killed by signal %d: %s", domain, WTERMSIG(status),
+            snprintf(err, errlen, "%s: killed by signal %d: %s", what, WTERMSIG(status),
                      last[0] ? last : "(no output)");
         else
-            snprintf(err, errlen, "mkcert %s: exit status %d: %s", domain, WEXITSTATUS(status),
+            snprintf(err, errlen, "%s: exit status %d: %s", what, WEXITSTATUS(status),
                      last[0] ? last : "(no output)");
-        goto out;
-    }
-    if (access(cert_path, F_OK) != 0 || access(key_path, F_OK) != 0) {
-        snprintf(err, errlen, "mkcert %s: exited 0 but %s or %s is missing (%s)", domain,
-                 cert_path, key_path, last[0] ? last : "no output");
-        goto out;
-    }
-    /* mkcert already writes the key 0600; make sure, whatever its version. */
-    if (chmod(key_path, 0600) < 0) {
-        snprintf(err, errlen, "chmod 0600 %s: %s", key_path, strerror(errno));
         goto out;
     }
     ret = 0;
@@ -226,4 +215,79 @@ out:
     if (pipefd[1] >= 0)
         close(pipefd[1]);
     return ret;
+}
+
+int mkcert_make(const char *mkcert_path, const char *domain, const char *cert_path,
+                const char *key_path, char *err, size_t errlen)
+{
+    char last[256], what[300];
+
+    snprintf(what, sizeof what, "mkcert %s", domain);
+    /* -ecdsa: a P-256 key, as release mode's certificates: handshakes cost a
+     * fraction of RSA-2048's, and every current browser accepts it. */
+    char *argv[] = { "mkcert", "-ecdsa", "-cert-file", (char *)cert_path, "-key-file",
+                     (char *)key_path, (char *)domain, NULL };
+    if (run_mkcert(mkcert_path, argv, what, last, sizeof last, err, errlen) < 0)
+        return -1;
+    if (access(cert_path, F_OK) != 0 || access(key_path, F_OK) != 0) {
+        snprintf(err, errlen, "mkcert %s: exited 0 but %s or %s is missing (%s)", domain,
+                 cert_path, key_path, last[0] ? last : "no output");
+        return -1;
+    }
+    /* mkcert already writes the key 0600; make sure, whatever its version. */
+    if (chmod(key_path, 0600) < 0) {
+        snprintf(err, errlen, "chmod 0600 %s: %s", key_path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether CAROOT holds mkcert's CA (the certificate and its key). */
+static bool ca_present(const char *caroot)
+{
+    char crt[4200], key[4200];
+    snprintf(crt, sizeof crt, "%s/rootCA.pem", caroot);
+    snprintf(key, sizeof key, "%s/rootCA-key.pem", caroot);
+    return access(crt, R_OK) == 0 && access(key, R_OK) == 0;
+}
+
+int mkcert_ensure_ca(const char *mkcert_path, char *caroot, size_t cap, char *err, size_t errlen)
+{
+    char last[4096], tmpl[] = "/tmp/core_server-mkcert-XXXXXX", crt[64], key[64];
+    char *argv_root[] = { "mkcert", "-CAROOT", NULL };
+
+    if (run_mkcert(mkcert_path, argv_root, "mkcert -CAROOT", last, sizeof last, err, errlen) < 0)
+        return -1;
+    if (last[0] != '/' || strlen(last) >= cap) {
+        snprintf(err, errlen, "mkcert -CAROOT: no absolute path in its answer (%s)", last);
+        return -1;
+    }
+    snprintf(caroot, cap, "%s", last);
+    if (ca_present(caroot))
+        return 0;
+
+    /* mkcert has no command that only creates its CA (-install also puts it
+     * into the trust stores, which is the user's decision): making any
+     * certificate creates it. A throwaway one, in a private directory. */
+    if (!mkdtemp(tmpl)) {
+        snprintf(err, errlen, "creating mkcert's CA: mkdtemp %s: %s", tmpl, strerror(errno));
+        return -1;
+    }
+    snprintf(crt, sizeof crt, "%s/c.pem", tmpl);
+    snprintf(key, sizeof key, "%s/k.pem", tmpl);
+    char *argv_make[] = { "mkcert", "-ecdsa", "-cert-file", crt, "-key-file", key,
+                          "core-server-ca-check.invalid", NULL };
+    int rc = run_mkcert(mkcert_path, argv_make, "creating mkcert's CA", last, sizeof last,
+                        err, errlen);
+    unlink(crt);
+    unlink(key);
+    rmdir(tmpl);
+    if (rc < 0)
+        return -1;
+    if (!ca_present(caroot)) {
+        snprintf(err, errlen, "creating mkcert's CA: mkcert exited 0 but %s/rootCA.pem or "
+                 "rootCA-key.pem is missing (%s)", caroot, last[0] ? last : "no output");
+        return -1;
+    }
+    return 1;
 }

@@ -13,4 +13,14 @@ int mkcert_find(char *out, size_t cap);
 int mkcert_make(const char *mkcert_path, const char *domain, const char *cert_path,
                 const char *key_path, char *err, size_t errlen);
 
+/* Makes sure mkcert's CA exists, so the first local HTTPS client can
+ * already verify against CAROOT/rootCA.pem: asks mkcert where it keeps it
+ * (`mkcert -CAROOT`, written to caroot) and, when rootCA.pem or
+ * rootCA-key.pem is missing there, runs mkcert once to make a throwaway
+ * certificate in a temporary directory, which creates the CA. Never
+ * installs it into a trust store (`mkcert -install` is the user's call).
+ * Blocking (bounded like mkcert_make): call at startup. Returns 1 when it
+ * created the CA, 0 when it was there, -1 with the cause in err. */
+int mkcert_ensure_ca(const char *mkcert_path, char *caroot, size_t cap, char *err, size_t errlen);
+
 #endif
