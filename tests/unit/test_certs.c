@@ -235,6 +235,39 @@ static void test_mkcert_failure_reported(const char *tmp)
     CHECK(strstr(err, "missing") != NULL);
 }
 
+/* First run: an empty CAROOT gets mkcert's CA (created once, then found),
+ * and `mkcert -CAROOT` answering something that is not a path is an error. */
+static void test_mkcert_ensure_ca(const char *tmp, const char *mkcert)
+{
+    char caroot[512], got[4096], root[600], fake[512], err[512] = "";
+    const char *saved = getenv("CAROOT");
+    char *keep = saved ? strdup(saved) : NULL;
+
+    fmt(caroot, sizeof caroot, "%s/caroot-first-run", tmp);
+    mkdir(caroot, 0700);
+    setenv("CAROOT", caroot, 1);
+    fmt(root, sizeof root, "%s/rootCA.pem", caroot);
+    CHECK(!exists(root));
+    CHECK(mkcert_ensure_ca(mkcert, got, sizeof got, err, sizeof err) == 1);
+    CHECK(strcmp(got, caroot) == 0);
+    CHECK(exists(root));
+    CHECK(mkcert_ensure_ca(mkcert, got, sizeof got, err, sizeof err) == 0);
+
+    fmt(fake, sizeof fake, "%s/fake-caroot-mkcert", tmp);
+    FILE *f = fopen(fake, "w");
+    fputs("#!/bin/sh\necho not-a-path\n", f);
+    fclose(f);
+    chmod(fake, 0700);
+    CHECK(mkcert_ensure_ca(fake, got, sizeof got, err, sizeof err) == -1);
+    CHECK(strstr(err, "not-a-path") != NULL);
+
+    if (keep)
+        setenv("CAROOT", keep, 1);
+    else
+        unsetenv("CAROOT");
+    free(keep);
+}
+
 int main(void)
 {
     char tmpl[] = "/tmp/core_test_certs_XXXXXX";
@@ -267,6 +300,7 @@ int main(void)
     test_pair_on_disk_loaded_without_mkcert(dir);
 
     test_mkcert_failure_reported(tmpl);
+    test_mkcert_ensure_ca(tmpl, mkcert);
     CHECK(mkcert_make("/nonexistent/mkcert", "x.test", "/tmp/x", "/tmp/y", err, sizeof err) == -1);
     CHECK(strstr(err, "/nonexistent/mkcert") != NULL);
 
