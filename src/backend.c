@@ -101,6 +101,7 @@ void backend_close(struct backend *be)
     pool_remove(be);
     loop_timer_cancel(be->be_w->loop, &be->be_timer);
     be->be_owner = NULL;
+    loop_del_fd(be->be_w->loop, &be->be_lfd);   /* see conn_close: spawned children hold fds */
     close(be->be_lfd.fd);
     be->be_reap_next = bp->bp_reap;
     bp->bp_reap = be;

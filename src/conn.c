@@ -46,9 +46,12 @@ void conn_resume_parked(struct conn_set *cs)
         return;
     cs->parked.parked_prev->parked_next = NULL;
     cs->parked.parked_next = cs->parked.parked_prev = &cs->parked;
+    /* None of them is parked any more before any pump runs, so a close
+     * during the walk never touches the detached chain. */
+    for (struct client *p = cl; p; p = p->parked_next)
+        p->parked = false;
     while (cl) {
         struct client *next = cl->parked_next;
-        cl->parked = false;
         cl->parked_prev = cl->parked_next = NULL;
         if (!cl->dead)
             cl->proto->pump(cl);
@@ -84,6 +87,10 @@ void conn_close(struct client *cl, const char *why)
     if (cl->proto && cl->proto->release)
         cl->proto->release(cl);
     loop_timer_cancel(cl->w->loop, &cl->timer);
+    /* Out of epoll before close: close alone does not remove it while a
+     * child being spawned (mkcert, posix_spawn) still holds a copy of the
+     * fd, and its events would then reach a freed connection. */
+    loop_del_fd(cl->w->loop, &cl->lfd);
     transport_close(&cl->tr);
     cl->prev->next = cl->next;
     cl->next->prev = cl->prev;
