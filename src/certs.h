@@ -11,9 +11,24 @@
  *   DOMAIN            PEM private key, then the PEM chain (leaf first), 0600
  *   acme_account+key  the ACME account key (acme.h)
  *   core_server-acme-failures.txt  per-domain failed attempts and the time
- *                     of the next one, so a restart does not reset backoff
- *                     (the '_' cannot occur in a domain, so no DOMAIN file
- *                     ever has this name). */
+ *                     of the next one, so a restart does not reset backoff,
+ *                     and the challenge type that worked and each type's
+ *                     last failed validation ('@' lines), for the challenge
+ *                     fallback (the '_' cannot occur in a domain, so no
+ *                     DOMAIN file ever has this name).
+ *
+ * Challenge fallback (release mode): an order answers one challenge type;
+ * when the CA cannot validate it and another type is enabled, a new order
+ * with that type follows at once, and only when every enabled type failed
+ * does the domain back off. The type that worked is tried first next time.
+ *
+ * Removed routes: the command channel reports only additions, so the
+ * certificate thread looks (every second, and every 50 ms during an order)
+ * for domains whose route is gone: their order stops, they are neither
+ * renewed nor retried, and their certificate leaves memory; the files stay.
+ *
+ * Local mode: certs_init makes sure mkcert's CA exists (mkcert.h) before
+ * anything is served. */
 #ifndef CORE_CERTS_H
 #define CORE_CERTS_H
 #include <stddef.h>
@@ -76,8 +91,9 @@ void certs_request(const char *domain, size_t len);
 
 /* Writes domain's certificate state into buf as "key: value" lines, each
  * ending in '\n': "certificate:" (none, or valid until TIME), "renewal:",
- * "state:" (idle, queued, obtaining, backoff), "last error:" and "next
- * attempt:" (times in UTC, RFC 3339). Any thread. Returns the length
+ * "state:" (idle, queued, obtaining, backoff), "last error:", "next
+ * attempt:" (times in UTC, RFC 3339), "challenge:" (the type tried first)
+ * and "TYPE last failure:" (none, or TIME ERROR) per enabled type. Any thread. Returns the length
  * (< cap, NUL-terminated); 0 before certs_init. */
 size_t certs_status(const char *domain, size_t len, char *buf, size_t cap);
 
