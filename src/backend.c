@@ -13,9 +13,11 @@
 #include <unistd.h>
 
 /* Idle backend connections kept per port per worker: enough for the
- * streams one worker keeps in flight (HTTP/2 clients multiplex up to 100
- * each), so a busy port does not connect and close per request. */
-#define IDLE_POOL_PER_PORT 1024
+ * requests one worker keeps in flight (50 HTTP/2 clients with 100 streams
+ * each are 5,000), so a busy port does not connect and close a connection
+ * per request (which also runs the ephemeral ports into TIME_WAIT). An idle
+ * one costs an fd and a small struct, and goes after BACKEND_IDLE_MS. */
+#define IDLE_POOL_PER_PORT 8192
 /* How long an idle pooled connection is kept: shorter than the keep-alive
  * timeouts of common backend servers is not needed, because a connection
  * the backend closed is noticed (EPOLLIN/RDHUP) and dropped at once, and a
