@@ -252,7 +252,9 @@ struct exchange *exchange_start(struct worker *w, const struct exchange_req *r, 
     ex->ex_req_ended = !r->has_body;
     copy_slice(ex->ex_method, sizeof ex->ex_method, r->method);
     copy_slice(ex->ex_target, sizeof ex->ex_target, r->path);
-    snprintf(ex->ex_addr, sizeof ex->ex_addr, "%s", r->client_addr);
+    size_t al = strnlen(r->client_addr, sizeof ex->ex_addr - 1);
+    memcpy(ex->ex_addr, r->client_addr, al);   /* no printf on the request path */
+    ex->ex_addr[al] = '\0';
 
     hl = domain_from_host_header(r->authority.base, r->authority.len, ex->ex_host, sizeof ex->ex_host);
     if (hl <= 0) {
