@@ -604,6 +604,8 @@ static int dopollauthz(struct acme_client *c, const char *url, const char *domai
             snprintf(err, errlen, "authorization %s for %s: %s, %s: %s", url, domain, status,
                      json_string_value(json_object_get(why, "type")) ?: "no error type",
                      json_string_value(json_object_get(why, "detail")) ?: "no detail");
+            snprintf(c->ac_problem, sizeof c->ac_problem, "%s",
+                     json_string_value(json_object_get(why, "type")) ?: "");
             log_warn("acme: %s", err);
             rc = -2;
             goto out;
@@ -1068,6 +1070,11 @@ long acme_retry_after(const struct acme_client *c)
 unsigned acme_failed_challenge(const struct acme_client *c)
 {
     return c->ac_failed;
+}
+
+const char *acme_problem(const struct acme_client *c)
+{
+    return c->ac_problem;
 }
 
 unsigned acme_challenges(const struct acme_client *c)

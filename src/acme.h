@@ -76,6 +76,11 @@ int acme_obtain_via(struct acme_client *c, const char *domain, unsigned challeng
  * refusing the order, a timeout, a cancel) or succeeded. */
 unsigned acme_failed_challenge(const struct acme_client *c);
 
+/* The problem type (RFC 8555 section 6.7) that ended the last acme_obtain:
+ * the CA's refusal or, for a failed validation, the challenge's error
+ * ("urn:ietf:params:acme:error:connection"); "" when there was none. */
+const char *acme_problem(const struct acme_client *c);
+
 /* The enabled ACME_CHALLENGE_* bits (acme_options.challenges, 0 -> both). */
 unsigned acme_challenges(const struct acme_client *c);
 

@@ -696,9 +696,10 @@ static void failures_load(void)
                  path);
 }
 
-/* Records a failed order and returns the seconds until the next attempt:
- * CERTS_BACKOFF_FIRST_S (or the test value), times 4 per failure, at most an
- * hour, and never sooner than the CA's Retry-After. */
+/* Records a failed attempt (one order, or one per challenge type after a
+ * fallback) and returns the seconds until the next attempt:
+ * CERTS_BACKOFF_FIRST_S (or the test value), times 4 per failure, at most
+ * an hour, and never sooner than the CA's Retry-After. */
 static long record_failure(const char *name, size_t len, const char *err, long retry_after)
 {
     time_t now = time(NULL);
@@ -861,6 +862,23 @@ static void copy_line(char *dst, size_t cap, const char *err)
             *p = ' ';
 }
 
+/* True for a validation problem that concerns the name, so that the other
+ * challenge type would fail the same way (RFC 8555 section 6.7): its DNS
+ * lookup failed, CAA forbids the CA, or the CA refuses the identifier. */
+static bool problem_about_name(const char *type)
+{
+    static const char *const about_name[] = {
+        "urn:ietf:params:acme:error:dns",
+        "urn:ietf:params:acme:error:caa",
+        "urn:ietf:params:acme:error:rejectedIdentifier",
+        "urn:ietf:params:acme:error:unsupportedIdentifier",
+    };
+    for (size_t i = 0; i < sizeof about_name / sizeof about_name[0]; i++)
+        if (strcmp(type, about_name[i]) == 0)
+            return true;
+    return false;
+}
+
 /* The challenge types to try for r, in order: the one that worked last
  * first, then the others enabled. Returns how many (1 or 2). Under recs.mu. */
 static int challenge_plan(const struct record *r, unsigned enabled, unsigned plan[2])
@@ -897,24 +915,36 @@ static void issue(const char *name, size_t len, const char *path)
     bool had_failures, ledger_changed = false;
     uint64_t t0 = mono_ms();
     unsigned plan[2], used = 0;
-    int nplan;
+    int nplan, norders = 0;
+    bool every_type_failed = false;
 
     pthread_mutex_lock(&recs.mu);
     struct record *r = record_get(name, len);
     r->working = true;
     had_failures = r->failures > 0;
     nplan = challenge_plan(r, acme_challenges(acme), plan);
+    if (had_failures && nplan == 2 && r->type_fail[0].tf_at && r->type_fail[1].tf_at) {
+        /* A retry after every type failed: one order, with the type that
+         * failed longest ago, so the types alternate. The first hour then
+         * sees at most 5 orders (2 at once, then after 1, 5 and 21 min),
+         * within Let's Encrypt's 5 failed validations per name per hour. */
+        if (r->type_fail[challenge_slot(plan[1])].tf_at < r->type_fail[challenge_slot(plan[0])].tf_at)
+            plan[0] = plan[1];
+        nplan = 1;
+    }
     pthread_mutex_unlock(&recs.mu);
 
     for (int k = 0; k < nplan; k++) {
         used = plan[k];
         log_info("certs %s: ordering a certificate from the CA (challenge %s)", name,
                  acme_challenge_name(used));
+        norders++;
         if (acme_obtain_via(acme, name, used, &key_pem, &chain_pem, err, sizeof err) == 0)
             break;
         unsigned failed = acme_failed_challenge(acme);
         if (atomic_load(&stopping) || acme_gave_up(acme) || !failed)
             break;
+        bool about_name = problem_about_name(acme_problem(acme));
         pthread_mutex_lock(&recs.mu);
         r->type_fail[challenge_slot(failed)].tf_at = time(NULL);
         copy_line(r->type_fail[challenge_slot(failed)].tf_err, sizeof r->type_fail[0].tf_err, err);
@@ -926,11 +956,19 @@ static void issue(const char *name, size_t len, const char *path)
         if (snprintf(all_err + off, sizeof all_err - off, "%s%s failed: %s", off ? "; " : "",
                      acme_challenge_name(failed), err) < 0)
             all_err[off] = '\0';
+        if (k + 1 < nplan && about_name) {
+            log_warn("certs %s: challenge %s failed: %s; not trying %s: the CA's problem is with "
+                     "the name, not the challenge type", name, acme_challenge_name(failed), err,
+                     acme_challenge_name(plan[k + 1]));
+            break;
+        }
         if (k + 1 < nplan)
             log_warn("certs %s: challenge %s failed: %s; trying %s at once with a new order", name,
                      acme_challenge_name(failed), err, acme_challenge_name(plan[k + 1]));
-        else if (k > 0)
-            snprintf(err, sizeof err, "%s", all_err);   /* every enabled type failed */
+        else if (k > 0) {
+            snprintf(err, sizeof err, "%s", all_err);
+            every_type_failed = true;
+        }
     }
     if (key_pem && chain_pem) {
         size_t kl = strlen(key_pem), cl = strlen(chain_pem);
@@ -989,7 +1027,7 @@ static void issue(const char *name, size_t len, const char *path)
         pthread_mutex_unlock(&recs.mu);
         failures_save();
         log_warn("certs %s: ACME order failed (attempt %d)%s: %s; next attempt at %s (in %ld s)%s",
-                 name, failures, nplan > 1 && all_err[0] ? ", every enabled challenge type failed" : "",
+                 name, failures, every_type_failed ? ", every enabled challenge type failed" : "",
                  err, fmt_time(time(NULL) + delay, t1, sizeof t1), delay,
                  had_failures || failures > 1 ? "" : "; handshakes for it fail until then");
         store_publish(name, len, NULL, 0, mono_ms() + (uint64_t)delay * 1000u);
