@@ -494,55 +494,22 @@ static void backend_failed(struct exchange *ex, const char *why)
     respond_generated(ex, 502, "Bad Gateway");
 }
 
-static bool is_connection_specific(struct http1_slice name)
-{
-    static const char *const names[] = { "connection", "keep-alive", "proxy-connection",
-                                         "transfer-encoding", "upgrade", "te", "trailer",
-                                         "sec-websocket-accept" };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (http1_slice_eq(name, names[i]))
-            return true;
-    return false;
-}
-
-/* Whether a field named in the response's Connection header (RFC 9110 7.6.1). */
-static bool named_by_connection(const struct http1_response *resp, struct http1_slice name)
-{
-    for (size_t i = 0; i < resp->num_headers; i++) {
-        const struct http1_header *f = &resp->headers[i];
-        if (!http1_slice_eq(f->name, "connection"))
-            continue;
-        const char *p = f->value.base, *end = p + f->value.len;
-        while (p < end) {
-            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
-                p++;
-            const char *s = p;
-            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            if ((size_t)(p - s) == name.len && strncasecmp(s, name.base, name.len) == 0)
-                return true;
-        }
-    }
-    return false;
-}
-
-/* Copies the end-to-end fields of resp into ex_fields for the owner. */
+/* Copies the end-to-end fields of resp into ex_fields for the owner: the
+ * hop-by-hop ones (http1.c's table and Connection), Transfer-Encoding (the
+ * owner frames the body itself) and Sec-WebSocket-Accept (checked here)
+ * stay behind. */
 static size_t filter_fields(struct exchange *ex, const struct http1_response *resp)
 {
-    size_t n = 0;
-    bool has_connection = false;
+    size_t n = http1_end_to_end_fields(resp->headers, resp->num_headers, ex->ex_fields), k = 0;
 
-    for (size_t i = 0; i < resp->num_headers && !has_connection; i++)
-        has_connection = http1_slice_eq(resp->headers[i].name, "connection");
-    for (size_t i = 0; i < resp->num_headers; i++) {
-        const struct http1_header *f = &resp->headers[i];
-        if (is_connection_specific(f->name) || (has_connection && named_by_connection(resp, f->name)))
+    for (size_t i = 0; i < n; i++) {
+        struct http1_slice name = ex->ex_fields[i].name;
+        if (http1_slice_eq(name, "sec-websocket-accept") ||
+            (ex->ex_websocket && resp->status == 101 && http1_slice_eq(name, "content-length")))
             continue;
-        if (ex->ex_websocket && resp->status == 101 && http1_slice_eq(f->name, "content-length"))
-            continue;
-        ex->ex_fields[n++] = *f;
+        ex->ex_fields[k++] = ex->ex_fields[i];
     }
-    return n;
+    return k;
 }
 
 static bool ws_accept_ok(const struct exchange *ex, const struct http1_response *resp)
@@ -845,13 +812,17 @@ size_t exchange_trailers(struct exchange *ex, struct http1_header *out, size_t m
             v++;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
             ve--;
-        /* Framing and routing fields are not allowed in trailers (RFC 9110 6.5.1). */
-        if (!is_connection_specific(name) && !http1_slice_eq(name, "content-length") &&
-            !http1_slice_eq(name, "host"))
-            out[n++] = (struct http1_header){ name, { v, (size_t)(ve - v) } };
+        out[n++] = (struct http1_header){ name, { v, (size_t)(ve - v) } };
         p = eol + 2;
     }
-    return n;
+    /* Hop-by-hop fields never pass; framing and routing fields are not
+     * allowed in trailers (RFC 9110 6.5.1). */
+    struct http1_header kept[32];
+    size_t k = 0, m = http1_end_to_end_fields(out, n < 32 ? n : 32, kept);
+    for (size_t i = 0; i < m; i++)
+        if (!http1_slice_eq(kept[i].name, "content-length") && !http1_slice_eq(kept[i].name, "host"))
+            out[k++] = kept[i];
+    return k;
 }
 
 bool exchange_waits_for_backend(const struct exchange *ex)

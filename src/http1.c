@@ -1092,6 +1092,21 @@ ssize_t http1_write_request_head(const struct http1_request *req, const struct h
     return out_result(&o, out);
 }
 
+size_t http1_end_to_end_fields(const struct http1_header *in, size_t n, struct http1_header *out)
+{
+    struct conn_names cn;
+    size_t k = 0;
+
+    conn_names_collect(&cn, in, n);
+    for (size_t i = 0; i < n; i++) {
+        enum hdr_id id = hdr_lookup(in[i].name);
+        if ((hdr_table[id].flags & F_HOP) || id == H_TRANSFER_ENCODING || conn_names_has(&cn, in[i].name))
+            continue;
+        out[k++] = in[i];
+    }
+    return k;
+}
+
 ssize_t http1_write_response_head(const struct http1_response *resp, bool close,
                                   int client_minor_version, char *out, size_t cap)
 {

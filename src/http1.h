@@ -182,6 +182,12 @@ ssize_t http1_write_request_head(const struct http1_request *req, const struct h
 ssize_t http1_write_response_head(const struct http1_response *resp, bool close,
                                   int client_minor_version, char *out, size_t cap);
 
+/* Copies the end-to-end fields of in[0..n) to out (room for n): without
+ * the hop-by-hop ones (as for http1_write_*_head), those the Connection
+ * field names, and Transfer-Encoding (for a protocol with its own framing,
+ * HTTP/2). Returns how many were copied. */
+size_t http1_end_to_end_fields(const struct http1_header *in, size_t n, struct http1_header *out);
+
 /* Case-insensitive comparison of a slice with a NUL-terminated lower-case name. */
 bool http1_slice_eq(struct http1_slice s, const char *lower);
 

@@ -164,6 +164,7 @@ static void test_publish_and_retire(void)
 
 static atomic_bool stress_stop;
 static atomic_long stress_bad, stress_reads;
+static atomic_int stress_started;   /* readers that have read once */
 
 /* A worker: reads the current snapshot, announces quiescent states between
  * reads, goes offline now and then (as around epoll_wait). */
@@ -176,7 +177,8 @@ static void *stress_reader(void *arg)
         const struct routes *r = routes_current();
         bad += look(r, "fixed.test") != 1;
         bad += routes_count(r) < 1;
-        n++;
+        if (n++ == 0)
+            atomic_fetch_add(&stress_started, 1);
         if (n % 64 == 0) {
             qsbr_offline(id);
             sched_yield();
@@ -202,6 +204,10 @@ static void test_snapshots_under_concurrent_readers(void)
     routes_publish(r);
     for (int i = 0; i < 4; i++)
         pthread_create(&t[i], NULL, stress_reader, NULL);
+    /* On a loaded machine the readers may not run before the writer is
+     * done: swap snapshots only once every reader is reading. */
+    while (atomic_load(&stress_started) < 4)
+        sched_yield();
     for (int i = 0; i < 3000; i++) {
         r = routes_clone(routes_current());
         snprintf(name, sizeof name, "n%d.test", i % 50);
