@@ -1119,13 +1119,15 @@ static void forget(const char *name, size_t len)
 }
 
 /* Forgets every domain that holds certificate state but no longer has a
- * route (removed with the command): runs on the certificate thread at
- * most every SWEEP_S. The command channel tells certs only of added routes,
+ * route (removed with the command): runs on the certificate thread about
+ * every SWEEP_S, in both modes. The command channel tells certs only of added routes,
  * so removals are found by looking. */
 #define SWEEP_S 1
 static void sweep_removed(void)
 {
     struct cert_table *t = atomic_load_explicit(&store, memory_order_relaxed);
+    if (!routes_current())
+        return;   /* no route table published (unit tests): nothing is known removed */
     char (*gone)[DOMAIN_MAX + 1] = NULL;
     size_t n = 0, cap = 0;
 
@@ -1147,8 +1149,9 @@ static void sweep_removed(void)
     pthread_mutex_unlock(&recs.mu);
 #undef GONE
     for (size_t i = 0; i < n; i++) {
-        log_info("certs %s: route removed: no renewal; its certificate is forgotten in memory "
-                 "(the files in %s stay, a later add serves them)", gone[i], dir);
+        log_info("certs %s: route removed: its certificate is forgotten in memory%s "
+                 "(the files in %s stay, a later add serves them)", gone[i],
+                 source == CERTS_ACME ? ", no renewal" : "", dir);
         forget(gone[i], strlen(gone[i]));
     }
     free(gone);
@@ -1223,12 +1226,10 @@ static void wait_for_work_locked(time_t sweep_at)
 {
     while (!q.head && !q.stop) {
         time_t due = source == CERTS_ACME ? next_due() : 0;
-        if (source == CERTS_ACME) {
-            if (time(NULL) >= sweep_at)
-                return;
-            if (!due || due > sweep_at)
-                due = sweep_at;
-        }
+        if (time(NULL) >= sweep_at)
+            return;
+        if (!due || due > sweep_at)
+            due = sweep_at;
         if (!due) {
             pthread_cond_wait(&q.cv, &q.mu);
         } else if (due <= time(NULL)) {
@@ -1252,7 +1253,7 @@ static void *cert_thread_main(void *arg)
         wait_for_work_locked(sweep_at);
         if (q.stop)
             break;
-        if (source == CERTS_ACME && time(NULL) >= sweep_at) {
+        if (time(NULL) >= sweep_at) {
             pthread_mutex_unlock(&q.mu);
             sweep_removed();
             sweep_at = time(NULL) + SWEEP_S;
@@ -1385,6 +1386,8 @@ int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_
     source = src;
     dir = xstrdup(certs_dir);
     mkcert_bin = xstrdup(mkcert_path);
+    if (qsbr_id < 0)
+        qsbr_id = qsbr_register();   /* the sweep for removed routes reads them */
     if (start_thread(err, errlen) < 0) {
         free(dir);
         free(mkcert_bin);

@@ -253,7 +253,8 @@ static bool ca_present(const char *caroot)
 
 int mkcert_ensure_ca(const char *mkcert_path, char *caroot, size_t cap, char *err, size_t errlen)
 {
-    char last[4096], tmpl[] = "/tmp/core_server-mkcert-XXXXXX", crt[64], key[64];
+    char last[4096], tmpl[300], crt[320], key[320];
+    const char *tmpdir = getenv("TMPDIR");
     char *argv_root[] = { "mkcert", "-CAROOT", NULL };
 
     if (run_mkcert(mkcert_path, argv_root, "mkcert -CAROOT", last, sizeof last, err, errlen) < 0)
@@ -269,6 +270,9 @@ int mkcert_ensure_ca(const char *mkcert_path, char *caroot, size_t cap, char *er
     /* mkcert has no command that only creates its CA (-install also puts it
      * into the trust stores, which is the user's decision): making any
      * certificate creates it. A throwaway one, in a private directory. */
+    if (!tmpdir || tmpdir[0] != '/' || strlen(tmpdir) > 256)
+        tmpdir = "/tmp";
+    snprintf(tmpl, sizeof tmpl, "%s/core_server-mkcert-XXXXXX", tmpdir);
     if (!mkdtemp(tmpl)) {
         snprintf(err, errlen, "creating mkcert's CA: mkdtemp %s: %s", tmpl, strerror(errno));
         return -1;

@@ -2,7 +2,9 @@
 run (CAROOT empty): core_server creates mkcert's CA before it serves, so
 the first HTTPS request after the first add already verifies against
 $(mkcert -CAROOT)/rootCA.pem; the start-up log says how to trust it
-(mkcert -install), and nothing is installed into a trust store."""
+(mkcert -install), and nothing is installed into a trust store. Also: a
+removed domain's certificate is forgotten in memory and served from disk
+after a later add."""
 
 import os
 import subprocess
@@ -22,10 +24,6 @@ def listing(d):
         return []
 
 
-def tmp_dirs():
-    return {p for p in os.listdir("/tmp") if p.startswith("core_server-mkcert-")}
-
-
 @pytest.fixture
 def first_run_env(tmp_path):
     """mkcert on PATH, CAROOT an empty directory: no CA yet."""
@@ -35,14 +33,16 @@ def first_run_env(tmp_path):
     caroot.mkdir()
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    return base_env(home, mkcert=True, caroot=caroot)
+    env = base_env(home, mkcert=True, caroot=caroot)
+    env["TMPDIR"] = str(tmp_path / "tmpdir")   # where the throwaway certificate goes
+    os.mkdir(env["TMPDIR"])
+    return env
 
 
 def test_first_https_request_verifies_against_a_ca_made_at_start(server_factory, backend,
                                                                   first_run_env, tmp_path):
     caroot = first_run_env["CAROOT"]
     before = {d: listing(d) for d in TRUST_DIRS}
-    tmp_before = tmp_dirs()
     s = server_factory(env=first_run_env, https=True)
     # created before serving, where `mkcert -CAROOT` says
     root = os.path.join(caroot, "rootCA.pem")
@@ -63,7 +63,7 @@ def test_first_https_request_verifies_against_a_ca_made_at_start(server_factory,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout == "200", (r.stdout, r.stderr, s.log()[-3000:])
     # the throwaway certificate that made the CA is gone, nothing was installed
-    assert tmp_dirs() <= tmp_before, tmp_dirs() - tmp_before
+    assert os.listdir(first_run_env["TMPDIR"]) == []
     assert {d: listing(d) for d in TRUST_DIRS} == before
     assert not os.path.exists(os.path.join(first_run_env["HOME"], ".pki"))
 
@@ -76,3 +76,28 @@ def test_an_existing_ca_is_kept(server_factory, backend, mkcert_env):
     assert open(root, "rb").read() == pem
     assert "created mkcert's local CA" not in s.log()
     assert f"mkcert's CA is {root}" in s.log() and "mkcert -install" in s.log()
+
+
+def test_removed_local_domain_is_forgotten_and_served_from_disk_after_add(server_factory, backend,
+                                                                         mkcert_env):
+    """Local mode too: remove frees the certificate in memory, the files stay,
+    and a later add serves them without running mkcert again."""
+    s = server_factory(env=mkcert_env, https=True)
+    s.add("gone.test", backend.port)
+    ca = os.path.join(mkcert_env["CAROOT"], "rootCA.pem")
+
+    def get():
+        return subprocess.run(["curl", "-sS", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}",
+                               "--max-time", "20", "--cacert", ca,
+                               "--resolve", f"gone.test:{s.https_port}:127.0.0.1",
+                               f"https://gone.test:{s.https_port}/"],
+                              capture_output=True, text=True, timeout=30).stdout
+    assert get() == "200"
+    assert s.cmd("remove gone.test") == "ok"
+    wait_for(lambda: "certs gone.test: route removed: its certificate is forgotten in memory"
+             in s.log(), timeout=5, what="the certificate to be forgotten")
+    assert os.path.exists(os.path.join(s.certs_dir, "gone.test-cert.pem"))
+    s.add("gone.test", backend.port)
+    assert get() == "200"
+    assert s.log().count("certs gone.test: made") == 1
+    assert "certs gone.test: loaded" in s.log()

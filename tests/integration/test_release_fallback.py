@@ -226,7 +226,7 @@ def test_removed_domain_is_not_renewed(fallback):
     s.add(name, r.backend.port)
     r.wait_https(name, timeout=10)
     assert s.cmd(f"remove {name}") == "ok"
-    wait_for(lambda: lines_with(s, f"certs {name}: route removed: no renewal"), timeout=5,
+    wait_for(lambda: lines_with(s, f"certs {name}: route removed: its certificate is forgotten in memory, no renewal"), timeout=5,
              what="the certificate state to be forgotten")
     time.sleep(9)
     assert len(orders(s, name)) == 1, s.log()[-3000:]
@@ -240,7 +240,7 @@ def test_add_after_remove_serves_the_stored_certificate_without_an_order(fallbac
     s.add(name, r.backend.port)
     r.wait_https(name, timeout=10)
     assert s.cmd(f"remove {name}") == "ok"
-    wait_for(lambda: lines_with(s, f"certs {name}: route removed: no renewal"), timeout=5,
+    wait_for(lambda: lines_with(s, f"certs {name}: route removed: its certificate is forgotten in memory, no renewal"), timeout=5,
              what="the certificate state to be forgotten")
     assert (certs_dir / name).exists()   # the files stay
     s.add(name, r.backend.port)
