@@ -307,6 +307,12 @@ static int run_server(struct server *s)
         return fail("cannot watch signals");
     if (workers_start(cfg, s->http_fd, s->https_fd, s->https, err, sizeof err) < 0)
         return fail(err);
+    /* The pid file before the confirmation: the old instance removes the
+     * file at its exit only while it still names the old instance, so
+     * writing ours before it can drain leaves no window in which its
+     * read-then-unlink could remove ours. */
+    if (instance_write_pidfile(cfg->config_dir, err, sizeof err) < 0)
+        log_warn("%s (if this instance ever hangs, the next one cannot end it)", err);
     /* We accept, and read commands once the loop runs: the old instance may
      * stop accepting now. */
     if (handover_confirm(&peer, 2 + s->https, err, sizeof err) < 0)
@@ -314,8 +320,6 @@ static int run_server(struct server *s)
     /* Offer at once: a newer instance started right after us finds the
      * socket (else it would fall back to the command port). */
     offer_sockets(s);
-    if (instance_write_pidfile(cfg->config_dir, err, sizeof err) < 0)
-        log_warn("%s (if this instance ever hangs, the next one cannot end it)", err);
     log_ready(s);
     instance_daemonize_ready();   /* ports bound: the waiting parent exits 0 */
     loop_run(s->loop);
