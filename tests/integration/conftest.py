@@ -211,8 +211,13 @@ def certs_dir(tmp_path):
 
 @pytest.fixture
 def ports():
-    """Free high ports: http, https (TCP), udp."""
-    return {"http": free_tcp_port(), "https": free_tcp_port(), "udp": free_udp_port()}
+    """Free high ports: http, https (TCP), udp. The kernel may hand out the
+    same free port twice in a row: draw until http and https differ."""
+    http = free_tcp_port()
+    https = free_tcp_port()
+    while https == http:
+        https = free_tcp_port()
+    return {"http": http, "https": https, "udp": free_udp_port()}
 
 
 @pytest.fixture
