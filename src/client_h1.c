@@ -31,7 +31,6 @@
 #include "log.h"
 #include "mem.h"
 #include "net.h"
-#include "routes.h"
 #include "transport.h"
 #include "worker.h"
 #include <arpa/inet.h>
@@ -428,13 +427,6 @@ static void h1_on_timeout(struct client *cl)
 /* ------------------------------------------------------------------ */
 /* request side                                                        */
 
-static void copy_slice(char *dst, size_t cap, struct http1_slice s)
-{
-    size_t n = s.len < cap - 1 ? s.len : cap - 1;
-    memcpy(dst, s.base, n);
-    dst[n] = '\0';
-}
-
 /* Writes the rewritten head of the parsed request into out (staging for the
  * backend). Returns 0, or -1 when it does not fit. */
 static int stage_request_head(struct client *cl, const struct http1_request *req)
@@ -520,9 +512,9 @@ static void start_request(struct client *cl, const struct http1_request *req, ui
     ex->client_close = inf->conn_close;
     ex->upgrade = inf->conn_upgrade;
     ex->expect_continue = inf->expect_continue;
-    copy_slice(ex->method, sizeof ex->method, req->method);
+    http1_slice_copy(ex->method, sizeof ex->method, req->method);
     if (log_access_enabled())
-        copy_slice(ex->target, sizeof ex->target, req->target);
+        http1_slice_copy(ex->target, sizeof ex->target, req->target);
     if (inf->chunked)
         frame_init(&ex->req, F_CHUNKED, 0);
     else if (inf->content_length > 0)
@@ -535,7 +527,7 @@ static void start_request(struct client *cl, const struct http1_request *req, ui
     if (hl > 0)
         memcpy(ex->host, host, (size_t)hl + 1);
     else if (inf->host.base)
-        copy_slice(ex->host, sizeof ex->host, inf->host);
+        http1_slice_copy(ex->host, sizeof ex->host, inf->host);
     ex->port = hl > 0 ? cmd_lookup_route(host, (size_t)hl) : 0;   /* waits for a racing add */
 
     /* The head leaves `in` now if a body follows it; a body-less request

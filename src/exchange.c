@@ -18,7 +18,6 @@
 #include "log.h"
 #include "mem.h"
 #include "net.h"
-#include "routes.h"
 #include "worker.h"
 #include <errno.h>
 #include <openssl/evp.h>
@@ -104,13 +103,6 @@ static const struct backend_ops exchange_backend_ops;
 
 /* ------------------------------------------------------------------ */
 /* generated responses                                                 */
-
-static void copy_slice(char *dst, size_t cap, struct http1_slice s)
-{
-    size_t n = s.len < cap - 1 ? s.len : cap - 1;
-    memcpy(dst, s.base, n);
-    dst[n] = '\0';
-}
 
 static void drop_backend(struct exchange *ex)
 {
@@ -250,15 +242,15 @@ struct exchange *exchange_start(struct worker *w, const struct exchange_req *r, 
     ex->ex_proto_label = r->proto_label;
     ex->ex_req_chunked = r->has_body && r->content_length < 0 && !r->websocket;
     ex->ex_req_ended = !r->has_body;
-    copy_slice(ex->ex_method, sizeof ex->ex_method, r->method);
-    copy_slice(ex->ex_target, sizeof ex->ex_target, r->path);
+    http1_slice_copy(ex->ex_method, sizeof ex->ex_method, r->method);
+    http1_slice_copy(ex->ex_target, sizeof ex->ex_target, r->path);
     size_t al = strnlen(r->client_addr, sizeof ex->ex_addr - 1);
     memcpy(ex->ex_addr, r->client_addr, al);   /* no printf on the request path */
     ex->ex_addr[al] = '\0';
 
     hl = domain_from_host_header(r->authority.base, r->authority.len, ex->ex_host, sizeof ex->ex_host);
     if (hl <= 0) {
-        copy_slice(ex->ex_host, sizeof ex->ex_host, r->authority);
+        http1_slice_copy(ex->ex_host, sizeof ex->ex_host, r->authority);
         respond_generated(ex, r->authority.len ? 404 : 400,
                           r->authority.len ? "Domain Not Recognized" : "Bad Request");
         return ex;

@@ -1092,6 +1092,13 @@ ssize_t http1_write_request_head(const struct http1_request *req, const struct h
     return out_result(&o, out);
 }
 
+void http1_slice_copy(char *dst, size_t cap, struct http1_slice s)
+{
+    size_t n = s.len < cap - 1 ? s.len : cap - 1;
+    memcpy(dst, s.base, n);
+    dst[n] = '\0';
+}
+
 size_t http1_end_to_end_fields(const struct http1_header *in, size_t n, struct http1_header *out)
 {
     struct conn_names cn;

@@ -188,6 +188,10 @@ ssize_t http1_write_response_head(const struct http1_response *resp, bool close,
  * HTTP/2). Returns how many were copied. */
 size_t http1_end_to_end_fields(const struct http1_header *in, size_t n, struct http1_header *out);
 
+/* Copies s into dst (cap bytes, cap >= 1) as a NUL-terminated string,
+ * cut to fit. */
+void http1_slice_copy(char *dst, size_t cap, struct http1_slice s);
+
 /* Case-insensitive comparison of a slice with a NUL-terminated lower-case name. */
 bool http1_slice_eq(struct http1_slice s, const char *lower);
 

@@ -7,7 +7,6 @@
 #include "cmd.h"
 #include "domain.h"
 #include "log.h"
-#include "routes.h"
 #include <arpa/inet.h>
 #include <stdbool.h>
 #include <stdio.h>
