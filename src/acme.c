@@ -20,6 +20,7 @@
 #include <openssl/x509v3.h>
 
 #include "challenge.h"
+#include "clock.h"
 #include "jws.h"
 #include "log.h"
 #include "mem.h"
@@ -58,7 +59,7 @@ struct acme_client {
     char ac_nonce[NONCE_MAX];   /* the freshest Replay-Nonce; "" when used up */
     long ac_retry_after;        /* Retry-After of the last CA error, seconds */
     char ac_problem[128];       /* type of the last CA problem document; "" none */
-    struct timespec ac_deadline;  /* end of the current acme_obtain */
+    uint64_t ac_deadline_ms;      /* end of the current acme_obtain (clock_mono_ms) */
     atomic_bool ac_cancel;
     unsigned ac_use;            /* ACME_CHALLENGE_* bits the current acme_obtain may answer */
     unsigned ac_failed;         /* the challenge type whose validation failed; 0: none */
@@ -66,7 +67,7 @@ struct acme_client {
     void *ac_abort_arg;
     const char *ac_domain;      /* the domain of the current acme_obtain, for ac_abort;
                                    NULL when it is not to be asked */
-    double ac_abort_at;         /* when ac_abort was last asked (now_s) */
+    uint64_t ac_abort_at_ms;    /* when ac_abort was last asked (clock_mono_ms) */
     bool ac_gave_up;            /* ac_abort said to give the current order up */
 };
 
@@ -96,16 +97,9 @@ static void resp_reset(struct resp *r)
 
 /* ---------------------------------------------------------------- time */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static bool past_deadline(const struct acme_client *c)
 {
-    return now_s() >= (double)c->ac_deadline.tv_sec + c->ac_deadline.tv_nsec / 1e9;
+    return clock_mono_ms() >= c->ac_deadline_ms;
 }
 
 /* True when the current order is to be given up: acme_client_cancel, or
@@ -117,10 +111,10 @@ static bool stopped(struct acme_client *c)
         return true;
     if (!c->ac_abort || !c->ac_domain)
         return false;
-    double t = now_s();
-    if (t - c->ac_abort_at < 0.05)
+    uint64_t t = clock_mono_ms();
+    if (t - c->ac_abort_at_ms < 50)
         return false;
-    c->ac_abort_at = t;
+    c->ac_abort_at_ms = t;
     if (!c->ac_abort(c->ac_domain, c->ac_abort_arg))
         return false;
     c->ac_gave_up = true;   /* stays given up: later requests fail at once */
@@ -886,7 +880,7 @@ int acme_obtain_via(struct acme_client *c, const char *domain, unsigned challeng
     struct order o = { 0 };
     EVP_PKEY *key = NULL;
     char *csr = NULL, *chain = NULL;
-    double t0 = now_s();
+    uint64_t t0 = clock_mono_ms();
     json_t *authzs = NULL, *az;
     size_t i, failed_authz = 0;
     bool in_authz = false;
@@ -897,7 +891,7 @@ int acme_obtain_via(struct acme_client *c, const char *domain, unsigned challeng
     c->ac_problem[0] = '\0';
     c->ac_failed = 0;
     c->ac_gave_up = false;
-    c->ac_abort_at = 0;
+    c->ac_abort_at_ms = 0;
     c->ac_domain = domain;
     c->ac_use = challenge ? challenge & c->ac_challenges : c->ac_challenges;
     if (atomic_load(&c->ac_cancel)) {
@@ -909,13 +903,7 @@ int acme_obtain_via(struct acme_client *c, const char *domain, unsigned challeng
                  acme_challenge_name(challenge));
         return -1;
     }
-    clock_gettime(CLOCK_MONOTONIC, &c->ac_deadline);
-    c->ac_deadline.tv_sec += c->ac_obtain_ms / 1000;
-    c->ac_deadline.tv_nsec += c->ac_obtain_ms % 1000 * 1000000L;
-    if (c->ac_deadline.tv_nsec >= 1000000000L) {
-        c->ac_deadline.tv_sec++;
-        c->ac_deadline.tv_nsec -= 1000000000L;
-    }
+    c->ac_deadline_ms = clock_mono_ms() + (uint64_t)c->ac_obtain_ms;
     log_info("acme: obtaining a certificate for %s from %s", domain, c->ac_dir_url);
 
     /* 7.1.1 directory, 7.3 account: once per client. */
@@ -971,7 +959,8 @@ int acme_obtain_via(struct acme_client *c, const char *domain, unsigned challeng
     }
     *chain_pem = chain;
     chain = NULL;
-    log_info("acme: certificate for %s obtained in %.0f ms", domain, (now_s() - t0) * 1000);
+    log_info("acme: certificate for %s obtained in %llu ms", domain,
+             (unsigned long long)(clock_mono_ms() - t0));
     rc = 0;
 out:
     c->ac_domain = NULL;   /* no more abort questions: the order is over */
@@ -986,7 +975,8 @@ out:
         c->ac_gave_up = gave_up;
     }
     if (rc < 0)
-        log_warn("acme: no certificate for %s after %.0f ms", domain, (now_s() - t0) * 1000);
+        log_warn("acme: no certificate for %s after %llu ms", domain,
+                 (unsigned long long)(clock_mono_ms() - t0));
     free(chain);
     free(csr);
     EVP_PKEY_free(key);

@@ -3,6 +3,7 @@
  * CERTS_DIR, by running mkcert, or from an ACME CA (with renewal and
  * per-domain backoff), and tells the worker loops when done. */
 #include "certs.h"
+#include "clock.h"
 #include "file.h"
 #include "acme.h"
 #include "domain.h"
@@ -13,6 +14,7 @@
 #include "mkcert.h"
 #include "qsbr.h"
 #include "routes.h"
+#include "sslerr.h"
 #include "tls.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -111,13 +113,6 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static uint64_t hash_name(const char *s, size_t len)
 {
     uint64_t h = 1469598103934665603u;   /* FNV-1a */
@@ -151,7 +146,7 @@ static enum lookup lookup(const struct cert_table *t, const char *name, size_t l
         *ctx = e->ctx;
         return LOOKUP_READY;
     }
-    if (e->failed_until && mono_ms() < e->failed_until)
+    if (e->failed_until && clock_mono_ms() < e->failed_until)
         return LOOKUP_FAILED;
     return LOOKUP_MISS;   /* expired, or the failure hold is over: try again */
 }
@@ -304,15 +299,6 @@ static void store_drop(const char *name, size_t len)
 
 /* ---- obtaining a certificate (certificate thread only) ---- */
 
-static void openssl_cause(char *err, size_t errlen, const char *what)
-{
-    unsigned long e = ERR_get_error();
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    set_err(err, errlen, "%s: %s", what, e ? buf : "unknown OpenSSL error");
-    ERR_clear_error();
-}
-
 static time_t asn1_to_time(const ASN1_TIME *a)
 {
     struct tm tm;
@@ -333,17 +319,17 @@ static SSL_CTX *load_pair(const char *name, const char *cert_path, const char *k
         return NULL;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1) {
         snprintf(what, sizeof what, "loading %s", cert_path);
-        openssl_cause(err, errlen, what);
+        sslerr_format(err, errlen, what);
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key_path, SSL_FILETYPE_PEM) != 1) {
         snprintf(what, sizeof what, "loading %s", key_path);
-        openssl_cause(err, errlen, what);
+        sslerr_format(err, errlen, what);
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
         snprintf(what, sizeof what, "%s does not match %s", key_path, cert_path);
-        openssl_cause(err, errlen, what);
+        sslerr_format(err, errlen, what);
         goto fail;
     }
     X509 *x = SSL_CTX_get0_certificate(ctx);
@@ -421,7 +407,7 @@ static void obtain_local(const char *name, size_t len)
     char cert_path[PATH_MAX], key_path[PATH_MAX], err[1024] = "";
     SSL_CTX *ctx = NULL, *unused;
     time_t not_after = 0;
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = clock_mono_ms();
 
     /* Queued again in a race with a publish: nothing to do. */
     if (lookup(atomic_load_explicit(&store, memory_order_relaxed), name, len, &unused) == LOOKUP_READY)
@@ -441,14 +427,14 @@ static void obtain_local(const char *name, size_t len)
         ctx = load_pair(name, cert_path, key_path, &not_after, err, sizeof err);
         if (ctx)
             log_info("certs %s: made %s with mkcert in %llu ms", name, cert_path,
-                     (unsigned long long)(mono_ms() - t0));
+                     (unsigned long long)(clock_mono_ms() - t0));
     }
     if (ctx) {
         store_publish(name, len, ctx, not_after, 0);
     } else {
         log_warn("certs %s: no certificate: %s (handshakes for it fail for %d s, then it is retried)",
                  name, err, CERTS_FAIL_HOLD_MS / 1000);
-        store_publish(name, len, NULL, 0, mono_ms() + CERTS_FAIL_HOLD_MS);
+        store_publish(name, len, NULL, 0, clock_mono_ms() + CERTS_FAIL_HOLD_MS);
     }
 }
 
@@ -792,17 +778,17 @@ static SSL_CTX *ctx_from_pem(const char *name, const char *what, const char *pem
     char buf[PATH_MAX + 64];
 
     if (!kb || !cb) {
-        openssl_cause(err, errlen, "BIO_new_mem_buf");
+        sslerr_format(err, errlen, "BIO_new_mem_buf");
         goto fail;
     }
     if (!(key = PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL))) {
         snprintf(buf, sizeof buf, "%s: no PEM private key", what);
-        openssl_cause(err, errlen, buf);
+        sslerr_format(err, errlen, buf);
         goto fail;
     }
     if (!(leaf = PEM_read_bio_X509(cb, NULL, NULL, NULL))) {
         snprintf(buf, sizeof buf, "%s: no PEM certificate", what);
-        openssl_cause(err, errlen, buf);
+        sslerr_format(err, errlen, buf);
         goto fail;
     }
     if (!(ctx = tls_ctx_new(err, errlen)))
@@ -810,13 +796,13 @@ static SSL_CTX *ctx_from_pem(const char *name, const char *what, const char *pem
     if (SSL_CTX_use_certificate(ctx, leaf) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
         snprintf(buf, sizeof buf, "%s: the key does not match the certificate", what);
-        openssl_cause(err, errlen, buf);
+        sslerr_format(err, errlen, buf);
         goto fail;
     }
     while ((x = PEM_read_bio_X509(cb, NULL, NULL, NULL))) {
         if (SSL_CTX_add0_chain_cert(ctx, x) != 1) {   /* takes x on success */
             X509_free(x);
-            openssl_cause(err, errlen, "adding an intermediate certificate");
+            sslerr_format(err, errlen, "adding an intermediate certificate");
             goto fail;
         }
     }
@@ -913,7 +899,7 @@ static void issue(const char *name, size_t len, const char *path)
     time_t nb = 0, na = 0;
     size_t pem_len = 0;
     bool had_failures, ledger_changed = false;
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = clock_mono_ms();
     unsigned plan[2], used = 0;
     int nplan, norders = 0;
     bool every_type_failed = false;
@@ -999,7 +985,7 @@ static void issue(const char *name, size_t len, const char *path)
         if (had_failures || ledger_changed)
             failures_save();
         log_info("certs %s: certificate obtained in %llu ms through %s, valid until %s, renewal "
-                 "from %s; saved to %s", name, (unsigned long long)(mono_ms() - t0),
+                 "from %s; saved to %s", name, (unsigned long long)(clock_mono_ms() - t0),
                  acme_challenge_name(used), fmt_time(na, t1, sizeof t1),
                  fmt_time(renew_at, t2, sizeof t2), path);
     } else if (atomic_load(&stopping)) {
@@ -1030,7 +1016,7 @@ static void issue(const char *name, size_t len, const char *path)
                  name, failures, every_type_failed ? ", every enabled challenge type failed" : "",
                  err, fmt_time(time(NULL) + delay, t1, sizeof t1), delay,
                  had_failures || failures > 1 ? "" : "; handshakes for it fail until then");
-        store_publish(name, len, NULL, 0, mono_ms() + (uint64_t)delay * 1000u);
+        store_publish(name, len, NULL, 0, clock_mono_ms() + (uint64_t)delay * 1000u);
     }
     if (key_pem)
         mem_wipe(key_pem, strlen(key_pem));
@@ -1092,7 +1078,7 @@ static void obtain_acme(const char *name, size_t len, bool renew)
             log_warn("certs %s: no certificate, and not asking the CA again before %s "
                      "(%d failed order(s), the last: %s)", name, fmt_time(next, t1, sizeof t1),
                      failures, last_err);
-            store_publish(name, len, NULL, 0, mono_ms() + (uint64_t)(next - now) * 1000u);
+            store_publish(name, len, NULL, 0, clock_mono_ms() + (uint64_t)(next - now) * 1000u);
         }
         return;
     }

@@ -9,7 +9,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
@@ -17,6 +16,7 @@
 
 #include "jws.h"
 #include "mem.h"
+#include "sslerr.h"
 #include "tls.h"
 
 #define TOKEN_MAX   256    /* RFC 8555 tokens are 128+ bits of base64url: ~43 chars */
@@ -164,15 +164,6 @@ static int on_alpn_acme(SSL *s, const unsigned char **out, unsigned char *outlen
     return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
-static void ssl_err(char *err, size_t errlen, const char *what)
-{
-    unsigned long e = ERR_get_error();
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    snprintf(err, errlen, "%s: %s", what, e ? buf : "unknown OpenSSL error");
-    ERR_clear_error();
-}
-
 /* The critical acmeIdentifier extension: its extnValue is the DER encoding
  * of OCTET STRING(SHA-256(key authorization)), i.e. an OCTET STRING inside
  * the extension's own OCTET STRING (RFC 8737 section 3). */
@@ -226,7 +217,7 @@ static X509 *challenge_cert(const char *domain, const char *key_authorization, E
     BN_free(bn);
     return x;
 fail:
-    ssl_err(err, errlen, "making the tls-alpn-01 certificate");
+    sslerr_format(err, errlen, "making the tls-alpn-01 certificate");
     X509_EXTENSION_free(san);
     X509_EXTENSION_free(id);
     BN_free(bn);
@@ -255,7 +246,7 @@ int challenge_tls_alpn_add(const char *domain, const char *key_authorization,
         goto out;
     if (SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
-        ssl_err(err, errlen, "loading the tls-alpn-01 certificate");
+        sslerr_format(err, errlen, "loading the tls-alpn-01 certificate");
         goto out;
     }
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn_acme, NULL);

@@ -17,6 +17,7 @@
  * being applied, waits for the command thread's next batch to end. See the
  * section "route misses" below for why the worker does not read itself. */
 #include "cmd.h"
+#include "clock.h"
 #include "certs.h"
 #include "log.h"
 #include "loop.h"
@@ -643,20 +644,6 @@ void cmd_server_close(struct cmd_server *s)
 #define SYNC_START_MS 250    /* the command thread begins reading a waiting datagram within this */
 #define SYNC_MAX_MS   2000   /* cap on one cmd_sync_pending, whatever the disk does */
 
-static struct timespec deadline_in(uint32_t ms)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
 static bool before(const struct timespec *a, const struct timespec *b)
 {
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
@@ -677,7 +664,7 @@ bool cmd_sync_pending(void)
     bool changed;
 
     pthread_once(&sync_once, sync_init);
-    cap = start = deadline_in(SYNC_MAX_MS);
+    cap = start = clock_deadline_ms(SYNC_MAX_MS);
     pthread_mutex_lock(&sync_mu);
     done0 = sync_done;
     for (;;) {
@@ -693,7 +680,7 @@ bool cmd_sync_pending(void)
                 break;   /* nothing received that no finished batch has handled */
             if (!target || sync_done >= target) {
                 target = sync_started + 1;   /* the next batch reads it */
-                start = deadline_in(SYNC_START_MS);
+                start = clock_deadline_ms(SYNC_START_MS);
             }
         }
         limit = sync_started < target && before(&start, &cap) ? start : cap;

@@ -2,6 +2,7 @@
  * to which local port, over its UDP command port. libc only: copy this file
  * and core_client.h into your project. */
 #include "core_client.h"
+#include "clock.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -16,13 +17,6 @@
 
 #define CLIENT_DATAGRAM_MAX 65536
 #define CLIENT_RCVBUF (4 << 20)   /* list replies arrive as a burst of datagrams */
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* "list" is the one command answered over several datagrams. */
 static bool is_list(const char *command)
@@ -77,7 +71,7 @@ enum core_client_result core_client_command(const char *command, int udp_port, i
 {
     char *dgram = NULL;   /* heap: callers' threads may have small stacks */
     enum core_client_result result = CORE_CLIENT_NO_ANSWER;
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = (long long)clock_mono_ms() + timeout_ms;
     bool multi = is_list(command);
     size_t used = 0;
     int fd;
@@ -92,7 +86,7 @@ enum core_client_result core_client_command(const char *command, int udp_port, i
         goto out;
     for (;;) {
         struct pollfd pfd = { .fd = fd, .events = POLLIN };
-        long long left = deadline - now_ms();
+        long long left = deadline - (long long)clock_mono_ms();
         int rc;
         ssize_t n;
 

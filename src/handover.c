@@ -1,6 +1,7 @@
 /* handover.c — listening sockets from the running instance to a new one
  * (protocol and choices in handover.h). */
 #include "handover.h"
+#include "clock.h"
 #include "file.h"
 #include "log.h"
 #include "loop.h"
@@ -35,13 +36,6 @@ struct handover_offer {
     void (*ho_on_handed)(void *arg, long new_pid);
     void *ho_arg;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void set_timeouts(int fd, int ms)
 {
@@ -153,7 +147,7 @@ enum handover_result handover_request(const char *config_dir, struct net_pool *p
         goto out;
     }
     peer->hp_fd = fd;
-    peer->hp_received_ms = now_ms();
+    peer->hp_received_ms = clock_mono_ms();
     fd = -1;
     res = HANDOVER_RECEIVED;
 out:
@@ -173,7 +167,7 @@ int handover_confirm(struct handover_peer *peer, int taken, char *err, size_t er
         return 0;
     /* Past this point the old instance may have given up and resumed: a
      * late "ready" could leave two instances reading commands. */
-    if (now_ms() - peer->hp_received_ms > HANDOVER_CONFIRM_MS - CONFIRM_MARGIN_MS) {
+    if (clock_mono_ms() - peer->hp_received_ms > HANDOVER_CONFIRM_MS - CONFIRM_MARGIN_MS) {
         snprintf(err, errlen, "handover: starting took longer than %d ms after the running "
                  "instance (pid %ld) passed its sockets; it serves on (try again)",
                  HANDOVER_CONFIRM_MS - CONFIRM_MARGIN_MS, peer->hp_pid);

@@ -23,17 +23,9 @@
 #include <openssl/x509v3.h>
 
 #include "mem.h"
+#include "sslerr.h"
 
 #define P256_BYTES 32   /* size of a P-256 coordinate and of r and s */
-
-static void ssl_err(char *err, size_t errlen, const char *what)
-{
-    unsigned long e = ERR_get_error();
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    snprintf(err, errlen, "%s: %s", what, e ? buf : "unknown OpenSSL error");
-    ERR_clear_error();
-}
 
 /* ---------------------------------------------------------------- base64url */
 
@@ -105,7 +97,7 @@ EVP_PKEY *jws_key_generate(char *err, size_t errlen)
 {
     EVP_PKEY *key = EVP_EC_gen("P-256");
     if (!key)
-        ssl_err(err, errlen, "generating a P-256 key");
+        sslerr_format(err, errlen, "generating a P-256 key");
     return key;
 }
 
@@ -130,7 +122,7 @@ EVP_PKEY *jws_key_load(const char *path, char *err, size_t errlen)
     fclose(f);
     if (!key) {
         char why[512];
-        ssl_err(why, sizeof why, "PEM_read_PrivateKey");
+        sslerr_format(why, sizeof why, "PEM_read_PrivateKey");
         snprintf(err, errlen, "%s: not a PEM private key (%s)", path, why);
         return NULL;
     }
@@ -251,7 +243,7 @@ int jws_es256(EVP_PKEY *key, const void *data, size_t len, unsigned char sig[64]
 
     if (!md || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
         EVP_DigestSign(md, der, &derlen, data, len) != 1) {
-        ssl_err(err, errlen, "ES256 signing");
+        sslerr_format(err, errlen, "ES256 signing");
         goto out;
     }
     /* JWS wants r||s as two fixed 32-byte big-endian integers, not DER. */
@@ -259,7 +251,7 @@ int jws_es256(EVP_PKEY *key, const void *data, size_t len, unsigned char sig[64]
     es = d2i_ECDSA_SIG(NULL, &p, (long)derlen);
     if (!es || BN_bn2binpad(ECDSA_SIG_get0_r(es), sig, P256_BYTES) != P256_BYTES ||
         BN_bn2binpad(ECDSA_SIG_get0_s(es), sig + P256_BYTES, P256_BYTES) != P256_BYTES) {
-        ssl_err(err, errlen, "converting the ECDSA signature to r||s");
+        sslerr_format(err, errlen, "converting the ECDSA signature to r||s");
         goto out;
     }
     rc = 0;
@@ -343,7 +335,7 @@ int jws_csr(const char *domain, EVP_PKEY **key_out, char **csr_b64url,
     X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, san);
     if (!req || !name || !exts || !ext || !sk_X509_EXTENSION_push(exts, ext)) {
         X509_EXTENSION_free(ext);
-        ssl_err(err, errlen, "building the CSR");
+        sslerr_format(err, errlen, "building the CSR");
         goto out;
     }
     /* A 64-character CN limit (RFC 5280 ub-common-name): longer names go in
@@ -351,17 +343,17 @@ int jws_csr(const char *domain, EVP_PKEY **key_out, char **csr_b64url,
     if (strlen(domain) <= 64 &&
         !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)domain,
                                     -1, -1, 0)) {
-        ssl_err(err, errlen, "CSR subject");
+        sslerr_format(err, errlen, "CSR subject");
         goto out;
     }
     if (!X509_REQ_set_version(req, 0) || !X509_REQ_set_subject_name(req, name) ||
         !X509_REQ_set_pubkey(req, key) || !X509_REQ_add_extensions(req, exts) ||
         !X509_REQ_sign(req, key, EVP_sha256())) {
-        ssl_err(err, errlen, "signing the CSR");
+        sslerr_format(err, errlen, "signing the CSR");
         goto out;
     }
     if ((derlen = i2d_X509_REQ(req, &der)) <= 0) {
-        ssl_err(err, errlen, "encoding the CSR");
+        sslerr_format(err, errlen, "encoding the CSR");
         goto out;
     }
     *csr_b64url = jws_b64url(der, (size_t)derlen);

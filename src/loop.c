@@ -1,6 +1,7 @@
 /* loop.c — epoll event loop with uniform-duration timer lists and a
  * cross-thread task queue woken through an eventfd. */
 #include "loop.h"
+#include "clock.h"
 #include "log.h"
 #include "mem.h"
 #include <errno.h>
@@ -40,13 +41,6 @@ struct loop {
     void (*after_wake)(void *);
     void *hook_arg;
 };
-
-static uint64_t clock_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void run_tasks(struct loop *l)
 {
@@ -92,7 +86,7 @@ struct loop *loop_new(void)
     l->wake.cb = on_wake;
     pthread_mutex_init(&l->task_mu, NULL);
     l->tasks_tail = &l->tasks;
-    l->now_ms = clock_ms();
+    l->now_ms = clock_mono_ms();
     loop_add_fd_level(l, &l->wake, false);
     return l;
 }
@@ -238,7 +232,7 @@ void loop_run(struct loop *l)
     while (!atomic_load(&l->stop)) {
         int wait, n;
 
-        l->now_ms = clock_ms();
+        l->now_ms = clock_mono_ms();
         wait = run_timers(l);
         if (l->before_sleep && l->before_sleep(l->hook_arg))
             wait = 0;   /* more work queued: poll without sleeping */
@@ -250,7 +244,7 @@ void loop_run(struct loop *l)
                 log_error("event loop: epoll_wait: %s", strerror(errno));
             continue;
         }
-        l->now_ms = clock_ms();
+        l->now_ms = clock_mono_ms();
         for (int i = 0; i < n; i++) {
             struct loop_fd *h = evs[i].data.ptr;
             uint32_t e = evs[i].events, m = 0;

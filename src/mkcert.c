@@ -2,6 +2,7 @@
  * certificate: posix_spawn without a shell, output captured through a pipe,
  * a 60 s bound, and the key made private afterwards. */
 #include "mkcert.h"
+#include "clock.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -61,13 +62,6 @@ int mkcert_find(char *out, size_t cap)
     return -1;
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Keeps the last non-empty line of everything read from fd in last[]. */
 static void keep_last_line(char *tail, size_t *tail_len, size_t cap, const char *buf, size_t n,
                            char *last, size_t last_cap)
@@ -94,7 +88,7 @@ static bool drain_output(int fd, uint64_t deadline, char *last, size_t last_cap)
     size_t tail_len = 0;
 
     for (;;) {
-        uint64_t now = now_ms();
+        uint64_t now = clock_mono_ms();
         if (now >= deadline)
             return false;
         struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -128,7 +122,7 @@ static int wait_bounded(pid_t pid, uint64_t deadline)
             return status;
         if (r < 0 && errno != EINTR)
             return -1;
-        if (now_ms() >= deadline)
+        if (clock_mono_ms() >= deadline)
             break;
         /* Output is already closed, so exit is imminent: a short sleep-poll
          * is simpler than a pidfd and costs nothing on this thread. */
@@ -187,7 +181,7 @@ static int run_mkcert(const char *mkcert_path, char *const argv[], const char *w
     close(pipefd[1]);
     pipefd[1] = -1;
 
-    uint64_t deadline = now_ms() + MKCERT_TIMEOUT_MS;
+    uint64_t deadline = clock_mono_ms() + MKCERT_TIMEOUT_MS;
     bool drained = drain_output(pipefd[0], deadline, last, last_cap);
     int status = wait_bounded(pid, drained ? deadline : 0);
     pid = -1;

@@ -7,12 +7,12 @@
 #include "cmd.h"
 #include "domain.h"
 #include "log.h"
+#include "sslerr.h"
 #include <arpa/inet.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <openssl/err.h>
 
 static SSL_CTX *base_ctx;   /* every SSL starts here; owns the session ticket keys */
 
@@ -61,20 +61,11 @@ static int on_alpn_select(SSL *s, const unsigned char **out, unsigned char *outl
     return SSL_TLSEXT_ERR_NOACK;
 }
 
-static void openssl_error(char *err, size_t errlen, const char *what)
-{
-    unsigned long e = ERR_get_error();
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    snprintf(err, errlen, "%s: %s", what, e ? buf : "unknown OpenSSL error");
-    ERR_clear_error();
-}
-
 SSL_CTX *tls_ctx_new(char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
-        openssl_error(err, errlen, "SSL_CTX_new");
+        sslerr_format(err, errlen, "SSL_CTX_new");
         return NULL;
     }
     /* Options and modes are copied into each SSL at SSL_new (from the base
@@ -92,7 +83,7 @@ SSL_CTX *tls_ctx_new(char *err, size_t errlen)
         !SSL_CTX_set1_groups_list(ctx, TLS_GROUPS) ||
         !SSL_CTX_set_session_id_context(ctx, (const unsigned char *)TLS_SID_CTX,
                                         sizeof TLS_SID_CTX - 1)) {
-        openssl_error(err, errlen, "configuring the TLS context");
+        sslerr_format(err, errlen, "configuring the TLS context");
         SSL_CTX_free(ctx);
         return NULL;
     }
