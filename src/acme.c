@@ -410,6 +410,7 @@ static int doaccountkey(struct acme_client *c, char *err, size_t errlen)
 {
     char path[4096];
     struct stat st;
+    int rc;
 
     snprintf(path, sizeof path, "%s/%s", c->ac_certs_dir, ACME_ACCOUNT_KEY_FILE);
     if (stat(path, &st) == 0) {
@@ -419,8 +420,10 @@ static int doaccountkey(struct acme_client *c, char *err, size_t errlen)
         log_info("acme: account key %s loaded", path);
     } else if (errno == ENOENT) {
         if (!(c->ac_key = jws_key_generate(err, errlen)) ||
-            jws_key_save(path, c->ac_key, err, errlen) < 0)
+            (rc = jws_key_save(path, c->ac_key, err, errlen)) < 0)
             goto fail;
+        if (rc > 0)
+            log_warn("acme: %s", err);
         log_info("acme: account key %s created", path);
     } else {
         snprintf(err, errlen, "account key %s: %s", path, strerror(errno));

@@ -353,24 +353,15 @@ fail:
     return NULL;
 }
 
-static int fsync_path(const char *path, int flags)
-{
-    int fd = open(path, flags | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int r = fsync(fd);
-    close(fd);
-    return r;
-}
-
-/* Runs mkcert into temporary names, then moves them into place so a crash
- * never leaves a half-written pair: the key first, so a crash between the
- * two renames leaves a mismatched pair, which the next load rejects. */
+/* Runs mkcert into temporary names, then moves them into place
+ * (file_rename_durable) so a crash never leaves a half-written pair: the key
+ * first, so a crash between the two renames leaves a mismatched pair, which
+ * the next load rejects. */
 static int make_pair(const char *name, const char *cert_path, const char *key_path,
                      char *err, size_t errlen)
 {
     char cert_tmp[PATH_MAX + 8], key_tmp[PATH_MAX + 8];
-    int ret = -1;
+    int ret = -1, rc;
 
     snprintf(cert_tmp, sizeof cert_tmp, "%s.tmp", cert_path);
     snprintf(key_tmp, sizeof key_tmp, "%s.tmp", key_path);
@@ -378,19 +369,14 @@ static int make_pair(const char *name, const char *cert_path, const char *key_pa
     unlink(key_tmp);
     if (mkcert_make(mkcert_bin, name, cert_tmp, key_tmp, err, errlen) < 0)
         goto out;
-    if (fsync_path(cert_tmp, O_RDONLY) < 0 || fsync_path(key_tmp, O_RDONLY) < 0) {
-        set_err(err, errlen, "fsync %s: %s", cert_tmp, strerror(errno));
+    if ((rc = file_rename_durable(key_tmp, key_path, err, errlen)) < 0)
         goto out;
-    }
-    if (rename(key_tmp, key_path) < 0) {
-        set_err(err, errlen, "rename %s to %s: %s", key_tmp, key_path, strerror(errno));
+    if (rc > 0)
+        log_warn("certs %s: %s", name, err);
+    if ((rc = file_rename_durable(cert_tmp, cert_path, err, errlen)) < 0)
         goto out;
-    }
-    if (rename(cert_tmp, cert_path) < 0) {
-        set_err(err, errlen, "rename %s to %s: %s", cert_tmp, cert_path, strerror(errno));
-        goto out;
-    }
-    fsync_path(dir, O_RDONLY | O_DIRECTORY);   /* makes the renames durable */
+    if (rc > 0)
+        log_warn("certs %s: %s", name, err);
     ret = 0;
 out:
     if (ret < 0) {
@@ -604,9 +590,12 @@ static void failures_save(void)
     }
     pthread_mutex_unlock(&recs.mu);
     snprintf(path, sizeof path, "%s/%s", dir, FAILURES_FILE);
-    if (jws_write_file_atomic(path, buf, used, err, sizeof err) < 0)
+    int rc = file_write_atomic(path, NULL, buf, used, 0600, err, sizeof err);
+    if (rc < 0)
         log_warn("certs: saving the ACME failure record: %s (backoff will not survive a restart)",
                  err);
+    else if (rc > 0)
+        log_warn("certs: %s", err);
     free(buf);
 }
 
@@ -963,9 +952,12 @@ static void issue(const char *name, size_t len, const char *path)
         memcpy(pem, key_pem, kl);
         memcpy(pem + kl, chain_pem, cl + 1);
         ctx = ctx_from_pem(name, "the CA's certificate", pem, pem_len, &nb, &na, err, sizeof err);
-        if (ctx && jws_write_file_atomic(path, pem, pem_len, err, sizeof err) < 0)
+        int rc = ctx ? file_write_atomic(path, NULL, pem, pem_len, 0600, err, sizeof err) : 0;
+        if (rc < 0)
             log_warn("certs %s: serving the new certificate, but saving it failed: %s "
                      "(it will be ordered again after a restart)", name, err);
+        else if (rc > 0)
+            log_warn("certs %s: %s", name, err);
     }
     if (ctx) {
         store_publish(name, len, ctx, na, 0);
@@ -1308,7 +1300,7 @@ static int check_dir(const char *certs_dir, char *err, size_t errlen)
         return -1;
     }
     /* Then "DIR/DOMAIN-cert.pem.tmp" (and autocert's "DIR/DOMAIN" with
-     * jws_write_file_atomic's temporary suffix) always fit in PATH_MAX. */
+     * file_write_atomic's temporary suffix) always fit in PATH_MAX. */
     if (strlen(certs_dir) + DOMAIN_MAX + 64 > PATH_MAX) {
         set_err(err, errlen, "certs dir %s: path too long", certs_dir);
         return -1;

@@ -80,7 +80,12 @@ int instance_write_pidfile(const char *config_dir, char *err, size_t errlen)
     pidfile_path(config_dir, path, sizeof path);
     snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
     int n = snprintf(text, sizeof text, "%ld %llu\n", (long)getpid(), start);
-    return file_write_atomic(path, tmp, text, (size_t)n, 0644, err, errlen);
+    int rc = file_write_atomic(path, tmp, text, (size_t)n, 0644, err, errlen);
+    if (rc > 0) {   /* written; only the rename's durability is in doubt */
+        log_warn("%s", err);
+        rc = 0;
+    }
+    return rc;
 }
 
 static int read_pidfile(const char *config_dir, long *pid, unsigned long long *start)

@@ -164,25 +164,10 @@ int jws_key_save(const char *path, EVP_PKEY *key, char *err, size_t errlen)
         return -1;
     }
     size_t len = strlen(pem);
-    int rc = jws_write_file_atomic(path, pem, len, err, errlen);
+    int rc = file_write_atomic(path, NULL, pem, len, 0600, err, errlen);
     mem_wipe(pem, len);
     free(pem);
     return rc;
-}
-
-int jws_write_file_atomic(const char *path, const void *data, size_t len,
-                          char *err, size_t errlen)
-{
-    char tmp[4096];
-
-    /* pid and thread id: two writers of one path (an old and a new instance
-     * during a takeover) never share a temp file. */
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%ld", path, (long)getpid(), (long)gettid()) >=
-        (int)sizeof tmp) {
-        snprintf(err, errlen, "%s: path too long", path);
-        return -1;
-    }
-    return file_write_atomic(path, tmp, data, len, 0600, err, errlen);
 }
 
 /* ---------------------------------------------------------------- JWK */

@@ -29,14 +29,10 @@ EVP_PKEY *jws_key_load(const char *path, char *err, size_t errlen);
  * Returns NULL only on an OpenSSL failure. The caller should mem_wipe it
  * before free. */
 char *jws_key_pem(EVP_PKEY *key);
-/* Writes jws_key_pem(key) to path atomically, mode 0600. 0, or -1 with err. */
+/* Writes jws_key_pem(key) to path atomically (file_write_atomic), mode
+ * 0600. 0; 1 when saved but the directory fsync failed (the warning in err,
+ * for the caller to log); or -1 with err. */
 int jws_key_save(const char *path, EVP_PKEY *key, char *err, size_t errlen);
-
-/* Never a half-written file: writes data to "path.tmp.PID.TID" (mode
- * 0600), fsyncs it, renames it over path and fsyncs the directory; the
- * temporary file is unlinked on failure. 0, or -1 with err. */
-int jws_write_file_atomic(const char *path, const void *data, size_t len,
-                          char *err, size_t errlen);
 
 /* The public JWK of a P-256 key as canonical JSON: members in lexicographic
  * order, no whitespace, {"crv":"P-256","kty":"EC","x":"...","y":"..."} —

@@ -460,6 +460,10 @@ int routes_save_file(const struct routes *r, const char *path, char *err, size_t
         goto out;
     text = format_routes(r, &len);
     rc = file_write_atomic(path, tmp, text, len, 0644, err, errlen);
+    if (rc > 0) {   /* saved; only the rename's durability is in doubt */
+        log_warn("%s", err);
+        rc = 0;
+    }
     free(text);
 out:
     free(dir);
