@@ -2,7 +2,7 @@
 """Turns bench/run.sh's raw measurements into the markdown report.
 
   report.py RUNS.tsv IDLE.jsonl UDP.jsonl NOTES.txt [--idle-h2 IDLE_H2.jsonl]
-            [--takeover TAKEOVER.jsonl] [--na NA.tsv] --date ... (see run.sh)
+            [--takeover TAKEOVER.jsonl] [--acme ACME.jsonl] [--na NA.tsv] --date ... (see run.sh)
 
 Per case and target: the median over rounds of throughput, p50, p99 and CPU
 seconds per 100,000 requests; the largest peak RSS; errors summed. Every
@@ -64,7 +64,7 @@ def main():
               "conns", "adds", "versions", "kernel"):
         ap.add_argument("--" + k, dest=k.replace("-", "_"), default="")
     ap.add_argument("--idle", dest="idle_n", default="")
-    for k in ("idle-h2", "takeover", "na", "idle-h2-n", "h2-streams", "h2-streams-high", "takeovers",
+    for k in ("idle-h2", "takeover", "acme", "na", "idle-h2-n", "h2-streams", "h2-streams-high", "takeovers",
               "takeover-interval", "cases"):
         ap.add_argument("--" + k, dest=k.replace("-", "_"), default="")
     a = ap.parse_args()
@@ -319,6 +319,43 @@ def main():
               f"| {errs.get('write', 0)} | {errs.get('timeout', 0)} | {errs.get('status', 0)} | {reqs:,} "
               f"| {msf} | {sum(j['old_alive_after_2s'] for j in js)} | {notes} |")
 
+    acme = jsonl(a.acme)
+    if acme:
+        # (i): a new name -> the first verified HTTPS 200, core_server and Caddy
+        # against the same pebble settings, same rounds.
+        ms = {}
+        for j in acme:
+            ms.setdefault((j["target"], j["measure"]), []).append(j["ms"])
+        rows_i = [
+            (("core_server", "add"), "core_server: `add` -> first HTTPS 200", ("core_server", "add")),
+            (("core_server", "race"), "core_server: a first request racing the `add`", ("core_server", "race")),
+            (("caddy", "ondemand"), "Caddy on-demand: name allowed by `ask` -> first request's 200",
+             ("core_server", "add")),
+            (("caddy", "ondemand_race"), "Caddy on-demand: a first request racing the `ask` registration",
+             ("core_server", "race")),
+            (("caddy", "admin"), "Caddy: site added through the admin API (POST /load) -> first HTTPS 200",
+             ("core_server", "add")),
+        ]
+        w("")
+        w("(i) release mode against pebble (PEBBLE_VA_NOSLEEP=1, pebble's default 5 % badNonce rejection; a "
+          "fresh pebble per server per round, validating on that server's ports; core_server and Caddy one "
+          "after the other, never at once): the time from making a new name servable to the first HTTPS 200 "
+          "that curl verifies against pebble's roots. Ratio: to core_server's matching figure (`add` -> 200 "
+          "for the first request and the admin API, the racing figure for the racing request).")
+        w("")
+        w("| case | median ms | min ms | max ms | rounds | ×core_server |")
+        w("|---|---:|---:|---:|---:|---:|")
+        for key, title, ref in rows_i:
+            v = ms.get(key)
+            if not v:
+                w(f"| {title} | n/a | | | 0 | |")
+                continue
+            med = statistics.median_low(v)
+            r = ms.get(ref)
+            rmed = statistics.median_low(r) if r else None
+            w(f"| {title} | {med} | {min(v)} | {max(v)} | {len(v)} | "
+              f"{'—' if key == ref else ratio(med, rmed)} |")
+
     w("")
     w("Not measured: (h) exists only in core_server. "
       "(e) is bounded by the client's own handshakes on CPU 1 (OpenSSL 3.0): compare its CPU column. "
@@ -354,6 +391,8 @@ def main():
         w(f"fidle\t{t}\t{json.dumps(j)}")
     for j in tks:
         w(f"j\t{json.dumps(j)}")
+    for j in jsonl(a.acme):
+        w(f"i\t{json.dumps(j)}")
     w("```")
     w("</details>")
     print("\n".join(out))

@@ -12,6 +12,7 @@
 #include "net.h"
 #include "qsbr.h"
 #include "routes.h"
+#include "sni.h"
 #include "subcmd.h"
 #include "systemd.h"
 #include "tls.h"
@@ -99,7 +100,7 @@ static int setup_acme(struct server *s, char *err, size_t errlen)
 
     if (certs_init_acme(cfg->certs_dir, &o, cfg->acme_backoff_s, err, errlen) < 0)
         return -1;
-    if (tls_init(err, errlen) < 0)
+    if (tls_init(sni_on_client_hello, err, errlen) < 0)
         return -1;
     s->https = true;
     log_info("HTTPS with certificates from %s (ACME), kept in %s", cfg->acme_directory,
@@ -131,7 +132,7 @@ static int setup_https(struct server *s, char *err, size_t errlen)
     }
     if (certs_init(CERTS_MKCERT, s->cfg.certs_dir, mkcert, err, errlen) < 0)
         return -1;
-    if (tls_init(err, errlen) < 0)
+    if (tls_init(sni_on_client_hello, err, errlen) < 0)
         return -1;
     s->https = true;
     log_info("HTTPS with certificates from %s in %s", mkcert, s->cfg.certs_dir);

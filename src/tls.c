@@ -1,18 +1,10 @@
-/* tls.c — OpenSSL server contexts and the client-hello callback that picks
- * the certificate by SNI, refuses names without a route, and suspends the
- * handshake while the certificate thread obtains a certificate. */
+/* tls.c — OpenSSL server contexts (protocol versions, ciphers, ALPN) and new
+ * server-side SSL objects. Which certificate a handshake gets is decided by
+ * the client-hello callback that tls_init installs (sni.c); this file knows
+ * nothing about routes, certificates or challenges. */
 #include "tls.h"
-#include "certs.h"
-#include "challenge.h"
-#include "cmd.h"
-#include "domain.h"
-#include "log.h"
 #include "sslerr.h"
-#include <arpa/inet.h>
-#include <stdbool.h>
-#include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 
 static SSL_CTX *base_ctx;   /* every SSL starts here; owns the session ticket keys */
 
@@ -27,8 +19,8 @@ static SSL_CTX *base_ctx;   /* every SSL starts here; owns the session ticket ke
 /* ALPN protocols we speak, in our order of preference (wire format: a length
  * byte, then the name): HTTP/2 first (client_h2.c), then HTTP/1.1.
  * "acme-tls/1" (RFC 8737) is not in this list on purpose: it is selected
- * only on a handshake that on_client_hello switched to a tls-alpn-01
- * challenge context, whose own ALPN callback offers nothing else; a normal
+ * only on a handshake that the client-hello callback (sni.c) switched to a
+ * tls-alpn-01 challenge context, whose own ALPN callback offers nothing else; a normal
  * certificate must never be served under acme-tls/1. */
 static const struct {
     const unsigned char *name;   /* length-prefixed */
@@ -97,150 +89,12 @@ SSL_CTX *tls_ctx_new(char *err, size_t errlen)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_num_tickets(ctx, 1);
     /* OpenSSL reads the ALPN callback from the SSL's current context, i.e.
-     * after on_client_hello switched it: every context needs it. */
+     * after the client-hello callback switched it: every context needs it. */
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, NULL);
     return ctx;
 }
 
-/* The first host_name in the ClientHello's server_name extension (RFC 6066
- * section 3), canonicalised into name. Returns its length, or -1 when there
- * is none or it is not a valid host name. */
-static int sni_from_hello(SSL *s, char *name, size_t cap)
-{
-    const unsigned char *p;
-    size_t len;
-
-    if (!SSL_client_hello_get0_ext(s, TLSEXT_TYPE_server_name, &p, &len) || len < 2)
-        return -1;
-    size_t list_len = ((size_t)p[0] << 8) | p[1];
-    if (list_len != len - 2)
-        return -1;
-    p += 2;
-    len -= 2;
-    while (len >= 3) {
-        unsigned type = p[0];
-        size_t n = ((size_t)p[1] << 8) | p[2];
-        if (n > len - 3)
-            return -1;
-        if (type == TLSEXT_NAMETYPE_host_name) {
-            const char *why;
-            return domain_canonicalize((const char *)p + 3, n, name, cap, &why);
-        }
-        p += 3 + n;
-        len -= 3 + n;
-    }
-    return -1;
-}
-
-/* True when the client's ALPN list is exactly one protocol, "acme-tls/1":
- * a CA validating tls-alpn-01 (RFC 8737 section 3 requires it to offer
- * only that). A browser offering it among others gets a normal handshake. */
-static bool wants_acme_tls(SSL *s)
-{
-    const unsigned char *p;
-    size_t len, n = sizeof CHALLENGE_ALPN - 1;
-
-    if (!SSL_client_hello_get0_ext(s, TLSEXT_TYPE_application_layer_protocol_negotiation, &p, &len))
-        return false;
-    /* ProtocolNameList: a 2-byte length, then one length-prefixed name. */
-    return len == 3 + n && (((size_t)p[0] << 8) | p[1]) == 1 + n && p[2] == n &&
-           memcmp(p + 3, CHALLENGE_ALPN, n) == 0;
-}
-
-/* "1.2.3.4:5678" for log lines; "?" when unknown. */
-static void peer_str(SSL *s, char *out, size_t cap)
-{
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    char host[INET6_ADDRSTRLEN] = "?";
-    unsigned port = 0;
-
-    snprintf(out, cap, "?");
-    if (getpeername(SSL_get_fd(s), (struct sockaddr *)&ss, &sl) < 0)
-        return;
-    if (ss.ss_family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-        port = ntohs(a->sin_port);
-        snprintf(out, cap, "%s:%u", host, port);
-    } else if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-        port = ntohs(a->sin6_port);
-        snprintf(out, cap, "[%s]:%u", host, port);
-    }
-}
-
-/* Runs on the worker thread, before OpenSSL has chosen anything. Returning
- * SSL_CLIENT_HELLO_RETRY suspends the handshake: SSL_do_handshake returns -1
- * with SSL_ERROR_WANT_CLIENT_HELLO_CB and calls us again on its next call. */
-static int on_client_hello(SSL *s, int *al, void *arg)
-{
-    char name[DOMAIN_MAX + 1], peer[64];
-    int len = sni_from_hello(s, name, sizeof name);
-
-    if (len < 0) {
-        /* Scanners and clients connecting by IP address: no name, no cert. */
-        peer_str(s, peer, sizeof peer);
-        log_debug("tls %s: no usable SNI host name, refused with unrecognized_name", peer);
-        *al = SSL_AD_UNRECOGNIZED_NAME;
-        return SSL_CLIENT_HELLO_ERROR;
-    }
-    /* tls-alpn-01 (RFC 8737): the CA offers only "acme-tls/1"; answer with
-     * the challenge certificate when an order for this name is pending (so
-     * only for names we ordered, which had a route), and never with the
-     * real certificate. transport.c closes the connection once the
-     * handshake is done: it must not reach the proxy. */
-    if (wants_acme_tls(s)) {
-        SSL_CTX *cctx = challenge_tls_alpn_ctx(name, (size_t)len);
-        peer_str(s, peer, sizeof peer);
-        if (!cctx) {
-            log_info("tls %s: acme-tls/1 for %s, but no tls-alpn-01 challenge is pending: "
-                     "refused with unrecognized_name", peer, name);
-            *al = SSL_AD_UNRECOGNIZED_NAME;
-            return SSL_CLIENT_HELLO_ERROR;
-        }
-        bool ok = SSL_set_SSL_CTX(s, cctx) != NULL;
-        SSL_CTX_free(cctx);   /* the SSL holds its own reference now */
-        if (!ok) {
-            log_warn("tls %s: SSL_set_SSL_CTX failed for the tls-alpn-01 challenge of %s", peer, name);
-            *al = SSL_AD_INTERNAL_ERROR;
-            return SSL_CLIENT_HELLO_ERROR;
-        }
-        log_info("tls %s: answering the tls-alpn-01 challenge for %s", peer, name);
-        return SSL_CLIENT_HELLO_SUCCESS;
-    }
-    if (cmd_lookup_route(name, (size_t)len) == 0) {   /* waits for a racing add (cmd.h) */
-        /* A name without a route never gets a certificate made. */
-        peer_str(s, peer, sizeof peer);
-        log_info("tls %s: SNI %s has no route, refused with unrecognized_name", peer, name);
-        *al = SSL_AD_UNRECOGNIZED_NAME;
-        return SSL_CLIENT_HELLO_ERROR;
-    }
-
-    SSL_CTX *ctx = NULL;
-    switch (certs_get(name, (size_t)len, &ctx)) {
-    case CERTS_READY:
-        /* Takes its own reference to ctx, so the store may replace it. */
-        if (!SSL_set_SSL_CTX(s, ctx)) {
-            log_warn("tls %s: SSL_set_SSL_CTX failed (out of memory?)", name);
-            *al = SSL_AD_INTERNAL_ERROR;
-            return SSL_CLIENT_HELLO_ERROR;
-        }
-        return SSL_CLIENT_HELLO_SUCCESS;
-    case CERTS_PENDING:
-        return SSL_CLIENT_HELLO_RETRY;
-    case CERTS_FAILED:
-    default:
-        /* The certificate thread logged the cause when it failed. */
-        peer_str(s, peer, sizeof peer);
-        log_debug("tls %s: no certificate for %s (recent failure), refused", peer, name);
-        *al = SSL_AD_INTERNAL_ERROR;
-        return SSL_CLIENT_HELLO_ERROR;
-    }
-}
-
-int tls_init(char *err, size_t errlen)
+int tls_init(SSL_client_hello_cb_fn on_hello, char *err, size_t errlen)
 {
     base_ctx = tls_ctx_new(err, errlen);
     if (!base_ctx)
@@ -248,7 +102,7 @@ int tls_init(char *err, size_t errlen)
     /* Only the base context has the callback: once a handshake has switched
      * to a certificate context the choice is made. (A TLS 1.3 second
      * ClientHello after HelloRetryRequest must carry the same SNI.) */
-    SSL_CTX_set_client_hello_cb(base_ctx, on_client_hello, NULL);
+    SSL_CTX_set_client_hello_cb(base_ctx, on_hello, NULL);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include "mkcert.h"
 #include "qsbr.h"
 #include "routes.h"
+#include "sni.h"
 #include "tls.h"
 #include <errno.h>
 #include <ftw.h>
@@ -331,7 +332,7 @@ int main(void)
 
     struct loop *l = loop_new();
     CHECK(certs_init(CERTS_MKCERT, dir, mkcert, err, sizeof err) == 0);
-    CHECK(tls_init(err, sizeof err) == 0);
+    CHECK(tls_init(sni_on_client_hello, err, sizeof err) == 0);
     certs_subscribe(l, on_certs_done, NULL);
     pthread_create(&th, NULL, loop_thread, l);
 
