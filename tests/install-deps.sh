@@ -19,8 +19,12 @@ build_pkgs=(gcc make pkg-config libssl-dev libjansson-dev libcurl4-openssl-dev l
 # clang: libFuzzer targets (make fuzz); pebble: the test ACME CA (release mode);
 # nghttp2-client (nghttp, h2load) and python3-h2: the HTTP/2 tests' clients;
 # systemd: systemd-socket-activate for the socket-activation test.
+# etcd-server (/usr/bin/etcd) and etcd-client (etcdctl): the 3-member etcd
+# cluster the shared-store client (src/etcd.c) is tested against, and the
+# tool those tests use to write and read it behind the client's back.
 test_pkgs=(curl openssl python3 python3-pytest python3-websockets mkcert libnss3-tools
-           iproute2 util-linux clang pebble nghttp2-client python3-h2 systemd)
+           iproute2 util-linux clang pebble nghttp2-client python3-h2 systemd
+           etcd-server etcd-client)
 # bench/run.sh: the proxies compared, wrk and h2load, procps (pgrep),
 # libc6-dev for its C client (bench/tlsconn.c).
 # nghttp2-proxy (nghttpx) and h2o: the HTTP/2 peers of case (f).
