@@ -3,6 +3,7 @@
  * CERTS_DIR, by running mkcert, or from an ACME CA (with renewal and
  * per-domain backoff), and tells the worker loops when done. */
 #include "certs.h"
+#include "challenge.h"
 #include "clock.h"
 #include "file.h"
 #include "acme.h"
@@ -15,6 +16,7 @@
 #include "qsbr.h"
 #include "routes.h"
 #include "sslerr.h"
+#include "store.h"
 #include "tls.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -70,6 +72,9 @@ struct cert_table {
 struct pending {
     struct pending *next;
     bool renew;              /* replace a valid certificate (release mode) */
+    bool reload;             /* the shared store has a new one (store.h) */
+    bool woken;              /* an event for it came while it was being worked on */
+    time_t until;            /* q.waiting: looked at again then at the latest */
     size_t len;
     char name[DOMAIN_MAX + 1];
 };
@@ -80,12 +85,16 @@ struct subscriber {
     void *arg;
 };
 
-static _Atomic(struct cert_table *) store;   /* NULL before certs_init */
+static _Atomic(struct cert_table *) snapshot;   /* NULL before certs_init */
 
 static struct {
     pthread_mutex_t mu;               /* guards everything in this struct */
     pthread_cond_t cv;                /* signalled on a new pending name or stop */
     struct pending *head, **tail;
+    struct pending *waiting;          /* release mode with a shared store: names whose
+                                         order waits for another node or for the store;
+                                         still "queued" for certs_get, so their
+                                         handshakes stay parked */
     bool stop;
     struct subscriber *subs;
     size_t nsubs;
@@ -160,6 +169,9 @@ static void queue_locked(const char *name, size_t len, bool renew)
     for (p = q.head; p; p = p->next)
         if (p->len == len && memcmp(p->name, name, len) == 0)
             return;
+    for (p = q.waiting; p; p = p->next)
+        if (p->len == len && memcmp(p->name, name, len) == 0)
+            return;
     if (len == 0 || len > DOMAIN_MAX)
         return;
     p = xcalloc(1, sizeof *p);
@@ -176,12 +188,61 @@ static bool queued_locked(const char *name, size_t len)
     for (struct pending *p = q.head; p; p = p->next)
         if (p->len == len && memcmp(p->name, name, len) == 0)
             return true;
+    for (struct pending *p = q.waiting; p; p = p->next)
+        if (p->len == len && memcmp(p->name, name, len) == 0)
+            return true;
     return false;
+}
+
+/* Moves waiting names back to the queue: name (NULL: all of them), or only
+ * those whose time is up (due_only). reload marks a new certificate in the
+ * store. Under q.mu. */
+static void wake_waiting_locked(const char *name, bool due_only, bool reload)
+{
+    time_t now = time(NULL);
+    if (!due_only)
+        for (struct pending *p = q.head; p; p = p->next)
+            if (!name || (strlen(name) == p->len && memcmp(p->name, name, p->len) == 0)) {
+                p->woken = true;
+                p->reload = p->reload || reload;
+            }
+    for (struct pending **pp = &q.waiting; *pp;) {
+        struct pending *p = *pp;
+        if ((name && (strlen(name) != p->len || memcmp(p->name, name, p->len) != 0)) ||
+            (due_only && p->until > now)) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        p->next = NULL;
+        p->reload = p->reload || reload;
+        *q.tail = p;
+        q.tail = &p->next;
+        pthread_cond_signal(&q.cv);
+    }
+}
+
+/* The earliest time a waiting name must be looked at again, or 0. Under q.mu. */
+static bool waiting_locked(const char *name, size_t len)
+{
+    for (struct pending *p = q.waiting; p; p = p->next)
+        if (p->len == len && memcmp(p->name, name, len) == 0)
+            return true;
+    return false;
+}
+
+static time_t waiting_due_locked(void)
+{
+    time_t due = 0;
+    for (struct pending *p = q.waiting; p; p = p->next)
+        if (!due || p->until < due)
+            due = p->until;
+    return due;
 }
 
 enum certs_result certs_get(const char *domain, size_t len, SSL_CTX **ctx)
 {
-    struct cert_table *t = atomic_load_explicit(&store, memory_order_acquire);
+    struct cert_table *t = atomic_load_explicit(&snapshot, memory_order_acquire);
     if (!t || len == 0 || len > DOMAIN_MAX)
         return CERTS_FAILED;   /* not initialised or shut down; or not a domain */
 
@@ -199,7 +260,7 @@ enum certs_result certs_get(const char *domain, size_t len, SSL_CTX **ctx)
     /* Look again under the lock: the certificate thread publishes before it
      * dequeues (under this lock), so a name that just became ready is seen
      * here and is not queued a second time. */
-    t = atomic_load_explicit(&store, memory_order_acquire);
+    t = atomic_load_explicit(&snapshot, memory_order_acquire);
     enum lookup again = t ? lookup(t, domain, len, ctx) : LOOKUP_FAILED;
     if (again == LOOKUP_READY) {
         r = CERTS_READY;
@@ -242,10 +303,10 @@ static void entry_free(void *p)
 /* Publishes a new snapshot in which name maps to a new entry. On success ctx
  * (whose reference passes to the entry) is set; on failure ctx is NULL and
  * the previous certificate, if any, is kept for as long as it is valid. */
-static void store_publish(const char *name, size_t len, SSL_CTX *ctx, time_t not_after,
+static void snapshot_publish(const char *name, size_t len, SSL_CTX *ctx, time_t not_after,
                           uint64_t failed_until)
 {
-    struct cert_table *old = atomic_load_explicit(&store, memory_order_relaxed);
+    struct cert_table *old = atomic_load_explicit(&snapshot, memory_order_relaxed);
     struct cert_entry *prev = table_find(old, name, len);
     struct cert_entry *e = xcalloc(1, sizeof *e + len + 1);
 
@@ -270,7 +331,7 @@ static void store_publish(const char *name, size_t len, SSL_CTX *ctx, time_t not
             table_put(t, old->slot[i]);
     table_put(t, e);
 
-    atomic_store_explicit(&store, t, memory_order_release);
+    atomic_store_explicit(&snapshot, t, memory_order_release);
     /* Workers may still be reading old and prev: free them after every
      * worker has passed a quiescent state. The other entries live on in t. */
     qsbr_retire(old, free);
@@ -281,9 +342,9 @@ static void store_publish(const char *name, size_t len, SSL_CTX *ctx, time_t not
 
 /* Publishes a snapshot without name's entry, if it has one (a removed
  * route); the entry's context is freed once no worker can hold it. */
-static void store_drop(const char *name, size_t len)
+static void snapshot_drop(const char *name, size_t len)
 {
-    struct cert_table *old = atomic_load_explicit(&store, memory_order_relaxed);
+    struct cert_table *old = atomic_load_explicit(&snapshot, memory_order_relaxed);
     struct cert_entry *prev = table_find(old, name, len);
     if (!prev)
         return;
@@ -291,7 +352,7 @@ static void store_drop(const char *name, size_t len)
     for (size_t i = 0; i < old->cap; i++)
         if (old->slot[i] && old->slot[i] != prev)
             table_put(t, old->slot[i]);
-    atomic_store_explicit(&store, t, memory_order_release);
+    atomic_store_explicit(&snapshot, t, memory_order_release);
     qsbr_retire(old, free);
     qsbr_retire(prev, entry_free);
     qsbr_reclaim();
@@ -396,7 +457,7 @@ static void obtain_local(const char *name, size_t len)
     uint64_t t0 = clock_mono_ms();
 
     /* Queued again in a race with a publish: nothing to do. */
-    if (lookup(atomic_load_explicit(&store, memory_order_relaxed), name, len, &unused) == LOOKUP_READY)
+    if (lookup(atomic_load_explicit(&snapshot, memory_order_relaxed), name, len, &unused) == LOOKUP_READY)
         return;
 
     snprintf(cert_path, sizeof cert_path, "%s/%s-cert.pem", dir, name);
@@ -416,11 +477,11 @@ static void obtain_local(const char *name, size_t len)
                      (unsigned long long)(clock_mono_ms() - t0));
     }
     if (ctx) {
-        store_publish(name, len, ctx, not_after, 0);
+        snapshot_publish(name, len, ctx, not_after, 0);
     } else {
         log_warn("certs %s: no certificate: %s (handshakes for it fail for %d s, then it is retried)",
                  name, err, CERTS_FAIL_HOLD_MS / 1000);
-        store_publish(name, len, NULL, 0, clock_mono_ms() + CERTS_FAIL_HOLD_MS);
+        snapshot_publish(name, len, NULL, 0, clock_mono_ms() + CERTS_FAIL_HOLD_MS);
     }
 }
 
@@ -440,6 +501,7 @@ struct record {
     time_t next_attempt;           /* wall clock: no order before then; 0: any time */
     bool working;                  /* an order is under way */
     bool dormant;                  /* due, but the route is gone: wait for a request */
+    char waiting[200];             /* shared store: what the order waits for ("" none) */
     char last_err[512];
     unsigned worked;               /* ACME_CHALLENGE_* that validated last; 0: not known.
                                       Tried first at the next order (renewal). */
@@ -556,6 +618,34 @@ static void record_cert(const char *name, size_t len, time_t nb, time_t na)
  *   @failed DOMAIN TYPE TIME ERROR    that type's last failed validation
  * (times as Unix seconds; an error runs to the end of the line). Written
  * atomically after every change, so a crash loop keeps its backoff. */
+/* The room record_lines needs for r at most. */
+static size_t record_lines_max(const struct record *r)
+{
+    return 3 * strlen(r->name) + strlen(r->last_err) + 2 * sizeof r->type_fail[0].tf_err + 200;
+}
+
+/* r's lines of the ledger (nothing when it keeps nothing) into buf, which
+ * has record_lines_max(r) bytes. Returns their length. Under recs.mu. */
+static size_t record_lines(const struct record *r, char *buf, size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    if (r->failures > 0)
+        used += (size_t)snprintf(buf + used, cap - used, "%s %d %lld %lld %s\n", r->name,
+                                 r->failures, (long long)r->last_fail,
+                                 (long long)r->next_attempt, r->last_err);
+    if (worked_to_keep(r))
+        used += (size_t)snprintf(buf + used, cap - used, "@worked %s %s\n", r->name,
+                                 acme_challenge_name(r->worked));
+    for (int k = 0; k < 2; k++)
+        if (r->type_fail[challenge_slot(challenge_order[k])].tf_at)
+            used += (size_t)snprintf(buf + used, cap - used, "@failed %s %s %lld %s\n",
+                r->name, acme_challenge_name(challenge_order[k]),
+                (long long)r->type_fail[challenge_slot(challenge_order[k])].tf_at,
+                r->type_fail[challenge_slot(challenge_order[k])].tf_err);
+    return used;
+}
+
 static void failures_save(void)
 {
     char path[PATH_MAX], err[512];
@@ -569,24 +659,12 @@ static void failures_save(void)
         const struct record *r = recs.v[i];
         if (!record_persists(r))
             continue;
-        size_t need = 3 * strlen(r->name) + strlen(r->last_err) + 2 * sizeof r->type_fail[0].tf_err + 200;
+        size_t need = record_lines_max(r);
         if (used + need > cap) {
             cap = (used + need) * 2;
             buf = xrealloc(buf, cap);
         }
-        if (r->failures > 0)
-            used += (size_t)snprintf(buf + used, cap - used, "%s %d %lld %lld %s\n", r->name,
-                                     r->failures, (long long)r->last_fail,
-                                     (long long)r->next_attempt, r->last_err);
-        if (worked_to_keep(r))
-            used += (size_t)snprintf(buf + used, cap - used, "@worked %s %s\n", r->name,
-                                     acme_challenge_name(r->worked));
-        for (int k = 0; k < 2; k++)
-            if (r->type_fail[challenge_slot(challenge_order[k])].tf_at)
-                used += (size_t)snprintf(buf + used, cap - used, "@failed %s %s %lld %s\n",
-                    r->name, acme_challenge_name(challenge_order[k]),
-                    (long long)r->type_fail[challenge_slot(challenge_order[k])].tf_at,
-                    r->type_fail[challenge_slot(challenge_order[k])].tf_err);
+        used += record_lines(r, buf + used, cap - used);
     }
     pthread_mutex_unlock(&recs.mu);
     snprintf(path, sizeof path, "%s/%s", dir, FAILURES_FILE);
@@ -628,9 +706,38 @@ static int ledger_line(const char *path, const char *line)
     return 0;   /* counted with its domain's failure line, if any */
 }
 
+/* One line of the ledger (from the file, or a domain's text from the
+ * shared store; where names it in a warning). Returns 1 for a domain's
+ * failure line, 0 otherwise (an '@' line, a comment, or a bad line: logged). */
+static int ledger_parse_line(const char *where, char *line)
+{
+    char name[DOMAIN_MAX + 2];
+    int failures, off = 0;
+    long long last, next;
+
+    line[strcspn(line, "\n")] = '\0';
+    if (line[0] == '#' || !line[0])
+        return 0;
+    if (line[0] == '@')
+        return ledger_line(where, line);
+    if (sscanf(line, "%254s %d %lld %lld %n", name, &failures, &last, &next, &off) < 4 ||
+        strlen(name) > DOMAIN_MAX || failures <= 0) {
+        log_warn("certs: %s: skipping a bad line: %s", where, line);
+        return 0;
+    }
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_get(name, strlen(name));
+    r->failures = failures;
+    r->last_fail = (time_t)last;
+    r->next_attempt = (time_t)next;
+    snprintf(r->last_err, sizeof r->last_err, "%s", line + off);
+    pthread_mutex_unlock(&recs.mu);
+    return 1;
+}
+
 static void failures_load(void)
 {
-    char path[PATH_MAX], line[1024], name[DOMAIN_MAX + 2];
+    char path[PATH_MAX], line[1024];
     size_t n = 0;
 
     snprintf(path, sizeof path, "%s/%s", dir, FAILURES_FILE);
@@ -641,30 +748,8 @@ static void failures_load(void)
                      strerror(errno));
         return;
     }
-    while (fgets(line, sizeof line, f)) {
-        int failures, off = 0;
-        long long last, next;
-        line[strcspn(line, "\n")] = '\0';
-        if (line[0] == '#' || !line[0])
-            continue;
-        if (line[0] == '@') {
-            n += ledger_line(path, line);
-            continue;
-        }
-        if (sscanf(line, "%254s %d %lld %lld %n", name, &failures, &last, &next, &off) < 4 ||
-            strlen(name) > DOMAIN_MAX || failures <= 0) {
-            log_warn("certs: %s: skipping a bad line: %s", path, line);
-            continue;
-        }
-        pthread_mutex_lock(&recs.mu);
-        struct record *r = record_get(name, strlen(name));
-        r->failures = failures;
-        r->last_fail = (time_t)last;
-        r->next_attempt = (time_t)next;
-        snprintf(r->last_err, sizeof r->last_err, "%s", line + off);
-        pthread_mutex_unlock(&recs.mu);
-        n++;
-    }
+    while (fgets(line, sizeof line, f))
+        n += (size_t)ledger_parse_line(path, line);
     fclose(f);
     if (n)
         log_info("certs: %zu domain(s) with failed ACME orders in %s; their backoff goes on", n,
@@ -874,6 +959,179 @@ static int challenge_plan(const struct record *r, unsigned enabled, unsigned pla
  * disk stay: a later add loads them without asking the CA. */
 static void forget(const char *name, size_t len);
 
+/* ---- release mode: the shared store (store.h), certificate thread only ---- */
+
+static char node_name[160];   /* this node in the store: HOSTNAME:HTTPS_PORT */
+
+/* After a new certificate: certs/DOMAIN for every node, and who issued it. */
+static void share_cert(const char *name, const char *pem, size_t len)
+{
+    char key[DOMAIN_MAX + 16], who[sizeof node_name + 32], err[512];
+    if (!store_enabled())
+        return;
+    snprintf(key, sizeof key, "certs/%s", name);
+    if (store_put(key, pem, len, err, sizeof err) < 0) {
+        log_warn("certs %s: the new certificate is served here, but the store did not take it: "
+                 "%s (other nodes will order their own)", name, err);
+        return;
+    }
+    snprintf(key, sizeof key, "issued/%s", name);
+    snprintf(who, sizeof who, "%s %lld", node_name, (long long)time(NULL));
+    if (store_put(key, who, strlen(who), err, sizeof err) < 0)
+        log_warn("certs %s: recording the issuer in the store: %s", name, err);
+}
+
+/* The domain's ledger lines go to ledger/DOMAIN (deleted when it keeps
+ * nothing), so every node backs off from a name the CA refused. */
+static void share_ledger(const char *name, size_t len)
+{
+    char key[DOMAIN_MAX + 16], err[512];
+    if (!store_enabled())
+        return;
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_find(name, len);
+    size_t cap = r ? record_lines_max(r) : 1, n = 0;
+    char *text = xmalloc(cap);
+    if (r)
+        n = record_lines(r, text, cap);
+    pthread_mutex_unlock(&recs.mu);
+    snprintf(key, sizeof key, "ledger/%s", name);
+    if ((n ? store_put(key, text, n, err, sizeof err) : store_delete(key, err, sizeof err)) < 0)
+        log_warn("certs %s: saving its ACME failure record in the store: %s", name, err);
+    free(text);
+}
+
+/* Reads ledger/DOMAIN into the record: another node's failed orders count
+ * here too. Returns -1 when the store failed. */
+static int merge_ledger(const char *name)
+{
+    char key[DOMAIN_MAX + 16], err[512], where[DOMAIN_MAX + 40];
+    char *text = NULL;
+    size_t len = 0;
+
+    snprintf(key, sizeof key, "ledger/%s", name);
+    int got = store_get(key, &text, &len, err, sizeof err);
+    if (got <= 0)
+        return got;
+    snprintf(where, sizeof where, "the store's ledger/%s", name);
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        ledger_parse_line(where, line);
+    }
+    free(text);
+    return 1;
+}
+
+/* The ACME account is the fleet's: before this process's first order, the
+ * store's key (if any) replaces the local file, which acme.c then loads;
+ * after an order, a key that the store lacks is put there (the first node
+ * to put it wins; the others adopt it at their next start). */
+static bool account_synced;
+
+static void account_from_store(void)
+{
+    char path[PATH_MAX], err[512];
+    char *pem = NULL;
+    size_t len = 0;
+
+    if (!store_enabled() || account_synced)
+        return;
+    if (store_get("account", &pem, &len, err, sizeof err) <= 0)
+        return;
+    snprintf(path, sizeof path, "%s/%s", dir, ACME_ACCOUNT_KEY_FILE);
+    int rc = file_write_atomic(path, NULL, pem, len, 0600, err, sizeof err);
+    if (rc < 0)
+        log_warn("certs: writing the store's ACME account key to %s: %s", path, err);
+    else
+        log_info("certs: using the fleet's ACME account key from the store");
+    account_synced = true;
+    mem_wipe(pem, len);
+    free(pem);
+}
+
+static void account_to_store(void)
+{
+    char path[PATH_MAX], err[512];
+    size_t len = 0;
+
+    if (!store_enabled() || account_synced)
+        return;
+    snprintf(path, sizeof path, "%s/%s", dir, ACME_ACCOUNT_KEY_FILE);
+    char *pem = read_pem_file(path, &len, err, sizeof err);
+    if (!pem)
+        return;
+    int rc = store_create("account", pem, len, NULL, NULL, err, sizeof err);
+    if (rc < 0)
+        log_warn("certs: sharing the ACME account key through the store: %s", err);
+    else
+        account_synced = true;
+    mem_wipe(pem, len);
+    free(pem);
+}
+
+/* certs/DOMAIN from the store, when it holds one that is valid and newer
+ * than what this node serves: written to the certs dir (the cache) and
+ * served. Returns 1 with *nb and *na set when it did, 0 when the store has nothing
+ * better, -1 when the store failed. */
+static int load_from_store(const char *name, size_t len, const char *path, time_t *nb,
+                           time_t *na)
+{
+    char key[DOMAIN_MAX + 16], err[1024], t1[32], who[200] = "another node";
+    char *pem = NULL, *issuer = NULL;
+    size_t plen = 0, ilen = 0;
+    time_t held;
+
+    snprintf(key, sizeof key, "certs/%s", name);
+    int got = store_get(key, &pem, &plen, err, sizeof err);
+    if (got <= 0)
+        return got;
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_find(name, len);
+    held = r ? r->not_after : 0;
+    pthread_mutex_unlock(&recs.mu);
+    SSL_CTX *ctx = ctx_from_pem(name, "the store's certificate", pem, plen, nb, na, err,
+                                sizeof err);
+    if (!ctx || *na <= held) {
+        if (!ctx)
+            log_warn("certs %s: not using the store's certificate: %s", name, err);
+        SSL_CTX_free(ctx);
+        mem_wipe(pem, plen);
+        free(pem);
+        return 0;
+    }
+    int rc = file_write_atomic(path, NULL, pem, plen, 0600, err, sizeof err);
+    if (rc < 0)
+        log_warn("certs %s: serving the store's certificate, but caching it in %s failed: %s",
+                 name, path, err);
+    mem_wipe(pem, plen);
+    free(pem);
+    snprintf(key, sizeof key, "issued/%s", name);
+    if (store_get(key, &issuer, &ilen, err, sizeof err) > 0) {
+        snprintf(who, sizeof who, "%.*s", (int)strcspn(issuer, " "), issuer);
+        free(issuer);
+    }
+    snapshot_publish(name, len, ctx, *na, 0);
+    record_cert(name, len, *nb, *na);
+    log_info("certs %s: loaded from the store (issued by %s), valid until %s", name, who,
+             fmt_time(*na, t1, sizeof t1));
+    return 1;
+}
+
+/* The order for name waits (the store is down, or another node orders it):
+ * why goes to status and, when it changes, to the log. */
+static void set_waiting(const char *name, size_t len, const char *why)
+{
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_get(name, len);
+    bool changed = strcmp(r->waiting, why) != 0;
+    snprintf(r->waiting, sizeof r->waiting, "%s", why);
+    pthread_mutex_unlock(&recs.mu);
+    if (changed && why[0])
+        log_info("certs %s: %s", name, why);
+}
+
 /* Runs one ACME order for name and publishes the outcome: on success the
  * new certificate (saved as CERTS_DIR/DOMAIN, key then chain, 0600), on
  * failure the backoff (the certificate held, if any, keeps serving).
@@ -958,9 +1216,11 @@ static void issue(const char *name, size_t len, const char *path)
                      "(it will be ordered again after a restart)", name, err);
         else if (rc > 0)
             log_warn("certs %s: %s", name, err);
+        if (ctx)
+            share_cert(name, pem, pem_len);
     }
     if (ctx) {
-        store_publish(name, len, ctx, na, 0);
+        snapshot_publish(name, len, ctx, na, 0);
         record_cert(name, len, nb, na);
         pthread_mutex_lock(&recs.mu);
         r->failures = 0;
@@ -1008,7 +1268,7 @@ static void issue(const char *name, size_t len, const char *path)
                  name, failures, every_type_failed ? ", every enabled challenge type failed" : "",
                  err, fmt_time(time(NULL) + delay, t1, sizeof t1), delay,
                  had_failures || failures > 1 ? "" : "; handshakes for it fail until then");
-        store_publish(name, len, NULL, 0, clock_mono_ms() + (uint64_t)delay * 1000u);
+        snapshot_publish(name, len, NULL, 0, clock_mono_ms() + (uint64_t)delay * 1000u);
     }
     if (key_pem)
         mem_wipe(key_pem, strlen(key_pem));
@@ -1022,31 +1282,55 @@ static void issue(const char *name, size_t len, const char *path)
 /* Release mode: name's certificate from CERTS_DIR/DOMAIN when it is there,
  * valid and not due for renewal; else (or for a renewal) from the CA, unless
  * name is backing off. */
-static void obtain_acme(const char *name, size_t len, bool renew)
+#define WAIT_STORE_S 5   /* a name waiting for the store is looked at again this often */
+
+static time_t wait_for_store(const char *name, size_t len)
 {
-    char path[PATH_MAX], err[1024] = "", t1[32];
+    set_waiting(name, len, "not ordering: the store is unreachable; waiting for it");
+    return time(NULL) + WAIT_STORE_S;
+}
+
+/* True when the record holds a certificate that is not due for renewal. */
+static bool holds_fresh(const char *name, size_t len, time_t now)
+{
+    pthread_mutex_lock(&recs.mu);
+    struct record *r = record_find(name, len);
+    bool fresh = r && r->not_after > now && now < r->renew_at;
+    pthread_mutex_unlock(&recs.mu);
+    return fresh;
+}
+
+/* Release mode: name's certificate from CERTS_DIR/DOMAIN when it is there,
+ * valid and not due for renewal; with a shared store, from the store when it
+ * holds a newer one (reload: it just told us so); else (or for a renewal)
+ * from the CA, unless name is backing off, and with a shared store only
+ * under the name's lock. Returns 0 when done, or the time by which to look
+ * again when the order waits for the store or for another node's order
+ * (the caller keeps name in q.waiting; an event may wake it sooner). */
+static time_t obtain_acme(const char *name, size_t len, bool renew, bool reload)
+{
+    char path[PATH_MAX], err[1024] = "", t1[32], why[256];
     SSL_CTX *ctx = NULL, *unused;
     time_t nb = 0, na = 0, now = time(NULL);
+    bool shared = store_enabled();
+    bool ready = lookup(atomic_load_explicit(&snapshot, memory_order_relaxed), name, len,
+                        &unused) == LOOKUP_READY;
 
-    if (!renew && lookup(atomic_load_explicit(&store, memory_order_relaxed), name, len, &unused) ==
-                      LOOKUP_READY)
-        return;   /* queued again in a race with a publish */
+    if (!renew && !reload && ready)
+        return 0;   /* queued again in a race with a publish */
     pthread_mutex_lock(&recs.mu);
     struct record *r = record_get(name, len);
     bool no_route = !has_route(name, len);
     r->dormant = no_route;   /* a request (handshake, add) wakes it */
-    time_t next = r->next_attempt;
-    int failures = r->failures;
-    char last_err[sizeof r->last_err];
-    memcpy(last_err, r->last_err, sizeof last_err);
     pthread_mutex_unlock(&recs.mu);
     if (no_route) {
-        log_info("certs %s: no route: not obtaining a certificate", name);
-        return;
+        if (!reload)
+            log_info("certs %s: no route: not obtaining a certificate", name);
+        return 0;
     }
 
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (!renew) {
+    if (!renew && !ready) {
         size_t plen = 0;
         char *pem = read_pem_file(path, &plen, err, sizeof err);
         if (pem) {
@@ -1055,31 +1339,77 @@ static void obtain_acme(const char *name, size_t len, bool renew)
             free(pem);
         }
         if (ctx) {
-            store_publish(name, len, ctx, na, 0);
+            snapshot_publish(name, len, ctx, na, 0);
             record_cert(name, len, nb, na);
             log_info("certs %s: loaded %s, valid until %s", name, path, fmt_time(na, t1, sizeof t1));
             if (now < renew_time(nb, na))
-                return;
+                return 0;
             log_info("certs %s: it is due for renewal: renewing while it serves", name);
         } else if (err[0]) {
             log_warn("certs %s: not using %s: %s", name, path, err);
         }
     }
+    if (shared) {
+        int got = load_from_store(name, len, path, &nb, &na);
+        if (got < 0)
+            return reload || holds_fresh(name, len, now) ? 0 : wait_for_store(name, len);
+        if (holds_fresh(name, len, now)) {
+            set_waiting(name, len, "");
+            return 0;
+        }
+        if (merge_ledger(name) < 0)
+            return wait_for_store(name, len);
+    } else if (reload) {
+        return 0;
+    }
+
+    pthread_mutex_lock(&recs.mu);
+    time_t next = r->next_attempt;
+    int failures = r->failures;
+    char last_err[sizeof r->last_err];
+    memcpy(last_err, r->last_err, sizeof last_err);
+    bool held = r->not_after > now;
+    pthread_mutex_unlock(&recs.mu);
     if (next > now) {
-        if (!ctx && !renew) {
+        if (!held && !renew) {
             log_warn("certs %s: no certificate, and not asking the CA again before %s "
                      "(%d failed order(s), the last: %s)", name, fmt_time(next, t1, sizeof t1),
                      failures, last_err);
-            store_publish(name, len, NULL, 0, clock_mono_ms() + (uint64_t)(next - now) * 1000u);
+            snapshot_publish(name, len, NULL, 0, clock_mono_ms() + (uint64_t)(next - now) * 1000u);
         }
-        return;
+        return 0;
+    }
+    if (shared) {
+        char holder[160];
+        int locked = store_lock(name, holder, sizeof holder, err, sizeof err);
+        if (locked < 0)
+            return wait_for_store(name, len);
+        if (locked == 0) {
+            snprintf(why, sizeof why, "%s holds the order lock; waiting for its certificate",
+                     holder);
+            set_waiting(name, len, why);
+            return time(NULL) + store_lock_ttl() + 1;   /* its lease runs out by then */
+        }
+        set_waiting(name, len, "");
+        /* Another node may have stored one between our read and the lock. */
+        if (load_from_store(name, len, path, &nb, &na) == 1 && holds_fresh(name, len, now)) {
+            store_unlock(name);
+            return 0;
+        }
+        account_from_store();
     }
     issue(name, len, path);
+    if (shared) {
+        account_to_store();
+        share_ledger(name, len);
+        store_unlock(name);
+    }
+    return 0;
 }
 
 static void forget(const char *name, size_t len)
 {
-    store_drop(name, len);
+    snapshot_drop(name, len);
     pthread_mutex_lock(&recs.mu);
     for (size_t i = 0; i < recs.n; i++) {
         struct record *r = recs.v[i];
@@ -1103,7 +1433,7 @@ static void forget(const char *name, size_t len)
 #define SWEEP_S 1
 static void sweep_removed(void)
 {
-    struct cert_table *t = atomic_load_explicit(&store, memory_order_relaxed);
+    struct cert_table *t = atomic_load_explicit(&snapshot, memory_order_relaxed);
     if (!routes_current())
         return;   /* no route table published (unit tests): nothing is known removed */
     char (*gone)[DOMAIN_MAX + 1] = NULL;
@@ -1161,6 +1491,9 @@ static time_t next_due(void)
     time_t due = 0;
     pthread_mutex_lock(&recs.mu);
     for (size_t i = 0; i < recs.n; i++) {
+        /* A name waiting for the store or another node has its own time. */
+        if (waiting_locked(recs.v[i]->name, strlen(recs.v[i]->name)))
+            continue;
         time_t t = record_due(recs.v[i]);
         if (t && (!due || t < due))
             due = t;
@@ -1204,8 +1537,15 @@ static void wait_for_work_locked(time_t sweep_at)
 {
     while (!q.head && !q.stop) {
         time_t due = source == CERTS_ACME ? next_due() : 0;
+        time_t wdue = waiting_due_locked();
         if (time(NULL) >= sweep_at)
             return;
+        if (wdue && wdue <= time(NULL)) {
+            wake_waiting_locked(NULL, true, false);
+            continue;
+        }
+        if (wdue && (!due || wdue < due))
+            due = wdue;
         if (!due || due > sweep_at)
             due = sweep_at;
         if (!due) {
@@ -1242,14 +1582,16 @@ static void *cert_thread_main(void *arg)
             continue;
         char name[DOMAIN_MAX + 1];
         size_t len = q.head->len;
-        bool renew = q.head->renew;
+        bool renew = q.head->renew, reload = q.head->reload;
+        q.head->woken = false;
         memcpy(name, q.head->name, len);
         name[len] = '\0';
         pthread_mutex_unlock(&q.mu);
 
         /* slow: disk, mkcert, the CA; no lock held */
+        time_t wait_until = 0;
         if (source == CERTS_ACME)
-            obtain_acme(name, len, renew);
+            wait_until = obtain_acme(name, len, renew, reload);
         else
             obtain_local(name, len);
 
@@ -1258,7 +1600,21 @@ static void *cert_thread_main(void *arg)
         q.head = done->next;
         if (!q.head)
             q.tail = &q.head;
-        free(done);
+        if (wait_until && !q.stop && done->woken) {
+            /* What it waited for happened while it was being worked on. */
+            done->next = NULL;
+            *q.tail = done;
+            q.tail = &done->next;
+        } else if (wait_until && !q.stop) {
+            /* Still pending for certs_get (its handshakes stay parked) until
+             * the store, the lock holder or the time wakes it. */
+            done->until = wait_until;
+            done->reload = false;
+            done->next = q.waiting;
+            q.waiting = done;
+        } else {
+            free(done);
+        }
         pthread_mutex_unlock(&q.mu);
         notify_subscribers();   /* parked handshakes retry, and see the new snapshot */
         pthread_mutex_lock(&q.mu);
@@ -1314,12 +1670,12 @@ static int start_thread(char *err, size_t errlen)
     q.tail = &q.head;
     q.stop = false;
     atomic_store(&stopping, false);
-    atomic_store_explicit(&store, table_new(CERTS_TABLE_MIN), memory_order_release);
+    atomic_store_explicit(&snapshot, table_new(CERTS_TABLE_MIN), memory_order_release);
 
     int e = pthread_create(&thread, NULL, cert_thread_main, NULL);
     if (e != 0) {
         set_err(err, errlen, "certs: starting the certificate thread: %s", strerror(e));
-        free(atomic_exchange(&store, NULL));
+        free(atomic_exchange(&snapshot, NULL));
         return -1;
     }
     thread_started = true;
@@ -1375,8 +1731,63 @@ int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_
     return 0;
 }
 
+/* store.h callbacks, on the store's watcher thread: queue work, no more. */
+static void on_store_cert(const char *domain, void *arg)
+{
+    size_t len = strlen(domain);
+    pthread_mutex_lock(&q.mu);
+    if (!q.stop && len && len <= DOMAIN_MAX) {
+        wake_waiting_locked(domain, false, true);
+        struct pending *p;
+        for (p = q.head; p; p = p->next)
+            if (p->len == len && memcmp(p->name, domain, len) == 0)
+                break;
+        if (p)
+            p->reload = true;
+        else {
+            queue_locked(domain, len, false);
+            for (p = q.head; p; p = p->next)
+                if (p->len == len && memcmp(p->name, domain, len) == 0)
+                    p->reload = true;
+        }
+    }
+    pthread_mutex_unlock(&q.mu);
+}
+
+static void on_lock_released(const char *domain, void *arg)
+{
+    pthread_mutex_lock(&q.mu);
+    wake_waiting_locked(domain, false, false);
+    pthread_mutex_unlock(&q.mu);
+}
+
+static void on_store_back(void *arg)
+{
+    pthread_mutex_lock(&q.mu);
+    wake_waiting_locked(NULL, false, false);
+    pthread_mutex_unlock(&q.mu);
+}
+
+static int start_store(const struct store_options *so, char *err, size_t errlen)
+{
+    static const struct store_callbacks cbs = {
+        .cert_changed = on_store_cert, .lock_released = on_lock_released,
+        .store_back = on_store_back,
+    };
+    static const struct challenge_sharing sharing = {
+        .put = store_put_challenge, .del = store_delete_challenge,
+    };
+    if (!so || !so->url || !so->url[0])
+        return 0;
+    snprintf(node_name, sizeof node_name, "%s", so->node ? so->node : "node");
+    if (store_start(so, &cbs, err, errlen) < 0)
+        return -1;
+    challenge_set_sharing(&sharing);
+    return 0;
+}
+
 int certs_init_acme(const char *certs_dir, const struct acme_options *opts,
-                    long backoff_first, char *err, size_t errlen)
+                    long backoff_first, const struct store_options *so, char *err, size_t errlen)
 {
     struct acme_options o = *opts;
 
@@ -1392,7 +1803,9 @@ int certs_init_acme(const char *certs_dir, const struct acme_options *opts,
     if (qsbr_id < 0)
         qsbr_id = qsbr_register();   /* the thread goes offline as it starts */
     failures_load();
-    if (start_thread(err, errlen) < 0) {
+    if (start_store(so, err, errlen) < 0 || start_thread(err, errlen) < 0) {
+        challenge_set_sharing(NULL);
+        store_stop();
         acme_client_free(acme);
         acme = NULL;
         free(dir);
@@ -1446,8 +1859,11 @@ size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
         ADD("renewal: %s\n", fmt_time(r.renew_at, t1, sizeof t1));
     else
         ADD("renewal: -\n");
-    ADD("state: %s\n", r.working ? "obtaining" : queued ? "queued" :
-                       r.next_attempt > now ? "backoff" : "idle");
+    if (r.waiting[0] && queued && !r.working)
+        ADD("state: waiting (%s)\n", r.waiting);
+    else
+        ADD("state: %s\n", r.working ? "obtaining" : queued ? "queued" :
+                           r.next_attempt > now ? "backoff" : "idle");
     if (r.failures)
         ADD("last error: %s %s\n", fmt_time(r.last_fail, t1, sizeof t1), r.last_err);
     else
@@ -1472,6 +1888,11 @@ size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
             ADD("%s last failure: none\n", acme_challenge_name(plan[k]));
     }
 #undef ADD
+    if (n + 1 < cap) {
+        char d[DOMAIN_MAX + 1];
+        snprintf(d, sizeof d, "%.*s", (int)len, domain);
+        n += store_status(d, buf + n, cap - n);
+    }
     return n;
 }
 
@@ -1500,6 +1921,8 @@ void certs_shutdown(void)
         acme_client_cancel(acme);   /* an order in flight ends within about a second */
     pthread_join(thread, NULL);
     thread_started = false;
+    challenge_set_sharing(NULL);
+    store_stop();   /* releases a lock still held (the order was cancelled) */
     acme_client_free(acme);
     acme = NULL;
     pthread_mutex_lock(&recs.mu);
@@ -1516,13 +1939,18 @@ void certs_shutdown(void)
         q.head = p->next;
         free(p);
     }
+    while (q.waiting) {
+        struct pending *p = q.waiting;
+        q.waiting = p->next;
+        free(p);
+    }
     q.tail = &q.head;
     free(q.subs);
     q.subs = NULL;
     q.nsubs = 0;
     pthread_mutex_unlock(&q.mu);
 
-    struct cert_table *t = atomic_exchange(&store, NULL);
+    struct cert_table *t = atomic_exchange(&snapshot, NULL);
     for (size_t i = 0; i < t->cap; i++)
         if (t->slot[i])
             qsbr_retire(t->slot[i], entry_free);

@@ -63,14 +63,19 @@ int certs_init(enum certs_source src, const char *certs_dir, const char *mkcert_
                char *err, size_t errlen);
 
 struct acme_options;
+struct store_options;
 /* Release mode: like certs_init, with one ACME client (acme_client_new(acme),
  * its certs_dir replaced by certs_dir) owned by the certificate thread.
  * Loads the failure record of the certs dir. backoff_first_s: the first
  * retry delay (0: CERTS_BACKOFF_FIRST_S; tests make it short). Must be
  * called after the routes are published: the thread checks the route of
- * every name before it asks the CA (host policy). Returns 0, or -1 with err. */
+ * every name before it asks the CA (host policy). store: NULL (or no url)
+ * for the certs dir alone; else the shared store (store.h) is started, the
+ * challenge answers are shared through it, and every order runs under the
+ * name's lock in it. Returns 0, or -1 with err. */
 int certs_init_acme(const char *certs_dir, const struct acme_options *acme,
-                    long backoff_first_s, char *err, size_t errlen);
+                    long backoff_first_s, const struct store_options *store,
+                    char *err, size_t errlen);
 /* Stops the background thread (cancelling an ACME order in flight) and retires the store through QSBR (safe
  * while workers still run; their certs_get then returns CERTS_FAILED).
  * Call it BEFORE freeing the subscribed loops: until it returns, a
@@ -91,7 +96,7 @@ void certs_request(const char *domain, size_t len);
 
 /* Writes domain's certificate state into buf as "key: value" lines, each
  * ending in '\n': "certificate:" (none, or valid until TIME), "renewal:",
- * "state:" (idle, queued, obtaining, backoff), "last error:", "next
+ * "state:" (idle, queued, obtaining, backoff, waiting (WHY) with a shared store), "last error:", "next
  * attempt:" (times in UTC, RFC 3339), "challenge:" (the type tried first)
  * and "TYPE last failure:" (none, or TIME ERROR) per enabled type. Any thread. Returns the length
  * (< cap, NUL-terminated); 0 before certs_init. */

@@ -38,6 +38,7 @@ struct entry {
 
 static pthread_mutex_t store_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct entry *store;   /* a few entries at most: a list is enough */
+static struct challenge_sharing sharing;   /* set once before the certificate thread starts */
 
 static void entry_free(struct entry *e)
 {
@@ -98,8 +99,43 @@ static bool is_b64url(const char *s)
     return true;
 }
 
+void challenge_set_sharing(const struct challenge_sharing *sh)
+{
+    sharing = sh ? *sh : (struct challenge_sharing){ 0 };
+}
+
+/* After a local add: publishes the answer for the other nodes too. On
+ * failure the local entry is removed again (the order must not go on with
+ * an answer only this node knows). */
+static int share_answer(enum entry_kind kind, const char *id, const char *keyauth, char *err,
+                 size_t errlen)
+{
+    if (!sharing.put)
+        return 0;
+    const char *type = kind == ENTRY_HTTP ? "http-01" : "tls-alpn-01";
+    if (sharing.put(type, id, keyauth, err, errlen) < 0) {
+        remove_entry(kind, id);
+        return -1;
+    }
+    return 0;
+}
+
+static void withdraw_answer(enum entry_kind kind, const char *id)
+{
+    if (sharing.del)
+        sharing.del(kind == ENTRY_HTTP ? "http-01" : "tls-alpn-01", id);
+}
+
 int challenge_http_add(const char *token, const char *key_authorization,
                        char *err, size_t errlen)
+{
+    if (challenge_http_learn(token, key_authorization, err, errlen) < 0)
+        return -1;
+    return share_answer(ENTRY_HTTP, token, key_authorization, err, errlen);
+}
+
+int challenge_http_learn(const char *token, const char *key_authorization,
+                         char *err, size_t errlen)
 {
     /* The token ends up in a URL path we match byte for byte: RFC 8555
      * section 8.1 restricts it to base64url, so anything else is refused. */
@@ -120,6 +156,12 @@ int challenge_http_add(const char *token, const char *key_authorization,
 }
 
 void challenge_http_remove(const char *token)
+{
+    remove_entry(ENTRY_HTTP, token);
+    withdraw_answer(ENTRY_HTTP, token);
+}
+
+void challenge_http_forget(const char *token)
 {
     remove_entry(ENTRY_HTTP, token);
 }
@@ -228,6 +270,28 @@ fail:
 int challenge_tls_alpn_add(const char *domain, const char *key_authorization,
                            char *err, size_t errlen)
 {
+    if (challenge_tls_alpn_learn(domain, key_authorization, err, errlen) < 0)
+        return -1;
+    return share_answer(ENTRY_TLS_ALPN, domain, key_authorization, err, errlen);
+}
+
+/* True when domain's tls-alpn-01 entry answers key_authorization already. */
+static bool tls_alpn_has(const char *domain, const char *key_authorization)
+{
+    bool has = false;
+    pthread_mutex_lock(&store_lock);
+    for (struct entry *e = store; e; e = e->e_next)
+        if (e->e_kind == ENTRY_TLS_ALPN && strcmp(e->e_name, domain) == 0) {
+            has = e->e_keyauth && strcmp(e->e_keyauth, key_authorization) == 0;
+            break;
+        }
+    pthread_mutex_unlock(&store_lock);
+    return has;
+}
+
+int challenge_tls_alpn_learn(const char *domain, const char *key_authorization,
+                             char *err, size_t errlen)
+{
     EVP_PKEY *key = NULL;
     X509 *x = NULL;
     SSL_CTX *ctx = NULL;
@@ -237,6 +301,8 @@ int challenge_tls_alpn_add(const char *domain, const char *key_authorization,
         snprintf(err, errlen, "tls-alpn-01 for %.64s: name or key authorization too long", domain);
         return -1;
     }
+    if (tls_alpn_has(domain, key_authorization))
+        return 0;   /* our own answer, seen again through the store */
     if (!(key = jws_key_generate(err, errlen)) ||
         !(x = challenge_cert(domain, key_authorization, key, err, errlen)))
         goto out;
@@ -253,6 +319,7 @@ int challenge_tls_alpn_add(const char *domain, const char *key_authorization,
     struct entry *e = xcalloc(1, sizeof *e);
     e->e_kind = ENTRY_TLS_ALPN;
     e->e_name = xstrdup(domain);
+    e->e_keyauth = xstrdup(key_authorization);
     e->e_ctx = ctx;
     ctx = NULL;
     publish(e);
@@ -265,6 +332,12 @@ out:
 }
 
 void challenge_tls_alpn_remove(const char *domain)
+{
+    remove_entry(ENTRY_TLS_ALPN, domain);
+    withdraw_answer(ENTRY_TLS_ALPN, domain);
+}
+
+void challenge_tls_alpn_forget(const char *domain)
 {
     remove_entry(ENTRY_TLS_ALPN, domain);
 }

@@ -43,6 +43,26 @@ void challenge_tls_alpn_remove(const char *domain);
  * NULL when no tls-alpn-01 challenge is pending for domain. */
 SSL_CTX *challenge_tls_alpn_ctx(const char *domain, size_t len);
 
+/* Several machines (store.h): an answer added here by this node's ACME
+ * client is also put to the shared store (put, blocking, on the certificate
+ * thread; a failure fails the add), and removed from it; answers other
+ * nodes put there arrive through *_learn and *_forget, which stay local.
+ * Set once before the certificate thread starts; NULL: not shared. */
+struct challenge_sharing {
+    int (*put)(const char *type, const char *id, const char *key_authorization,
+               char *err, size_t errlen);
+    void (*del)(const char *type, const char *id);
+};
+void challenge_set_sharing(const struct challenge_sharing *sh);
+int challenge_http_learn(const char *token, const char *key_authorization,
+                         char *err, size_t errlen);
+void challenge_http_forget(const char *token);
+/* Makes the challenge certificate unless domain's entry answers the same
+ * key authorization already (this node's own answer, seen again). */
+int challenge_tls_alpn_learn(const char *domain, const char *key_authorization,
+                             char *err, size_t errlen);
+void challenge_tls_alpn_forget(const char *domain);
+
 /* Drops every entry (at exit, or in tests). */
 void challenge_clear(void);
 

@@ -1,6 +1,8 @@
 /* cli.c — server flags: defaults, parsing, --help and --version. */
 #include "cli.h"
 #include "acme.h"
+#include "etcd.h"
+#include "store.h"
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -50,6 +52,17 @@ static const char usage_text[] =
     "  --acme-challenges LIST challenge types to answer: tls-alpn-01,http-01 (default both)\n"
     "  --acme-backoff S       seconds before retrying a failed order, x4 per failure up to\n"
     "                         an hour (default 60; shorter only for tests)\n"
+    "  --store etcd://HOST:PORT[,HOST:PORT...]\n"
+    "                         release mode: share certificates, challenge answers and\n"
+    "                         ACME state with other machines through etcd (default: the\n"
+    "                         certs dir alone)\n"
+    "  --store-prefix P       key prefix in etcd (default " STORE_PREFIX_DEFAULT ")\n"
+    "  --store-ca FILE        CA bundle for etcd's TLS (https to the endpoints)\n"
+    "  --store-cert FILE      client certificate for etcd (with --store-key)\n"
+    "  --store-key FILE       its private key\n"
+    "  --store-user USER      etcd user, with --store-password-file FILE (first line)\n"
+    "  --store-password-file FILE\n"
+    "  --store-lock-ttl S     seconds an order's lock outlives a node that died (default 10)\n"
     "  --local                local dev mode: HTTPS with mkcert when it is installed\n"
     "  --release              release mode: HTTPS with certificates from Let's Encrypt (ACME)\n"
     "  --version              print the version\n"
@@ -100,6 +113,7 @@ static void defaults(struct config *cfg)
     snprintf(cfg->acme_directory, sizeof cfg->acme_directory, "%s", CLI_ACME_DIRECTORY);
     cfg->acme_challenges = ACME_CHALLENGE_HTTP01 | ACME_CHALLENGE_TLSALPN01;
     cfg->acme_backoff_s = 60;
+    cfg->store_lock_ttl_s = STORE_LOCK_TTL_DEFAULT;
     default_dirs(cfg);
 }
 
@@ -142,6 +156,7 @@ static const struct int_flag int_flags[] = {
     { "--client-timeout", 1, 86400, offsetof(struct config, client_timeout_ms), 1000, "seconds 1-86400" },
     { "--backend-timeout", 1, 86400, offsetof(struct config, backend_timeout_ms), 1000, "seconds 1-86400" },
     { "--drain-timeout", 0, 3600, offsetof(struct config, drain_ms), 1000, "seconds 0-3600" },
+    { "--store-lock-ttl", 2, 3600, offsetof(struct config, store_lock_ttl_s), 1, "seconds 2-3600" },
     { "--acme-backoff", 1, 3600, offsetof(struct config, acme_backoff_s), 1, "seconds 1-3600" },
     { "--log-max-bytes", 100000, 2000000000, offsetof(struct config, log_max_bytes), 1,
       "a byte count 100000-2000000000" },
@@ -164,6 +179,13 @@ static const struct str_flag str_flags[] = {
     STR_FLAG("--acme-directory", acme_directory, "a URL"),
     STR_FLAG("--acme-ca", acme_ca, "a file path"),
     STR_FLAG("--acme-email", acme_email, "an email address"),
+    STR_FLAG("--store", store_url, "a URL etcd://HOST:PORT[,HOST:PORT...]"),
+    STR_FLAG("--store-prefix", store_prefix, "a key prefix ending in '/'"),
+    STR_FLAG("--store-ca", store_ca, "a file path"),
+    STR_FLAG("--store-cert", store_cert, "a file path"),
+    STR_FLAG("--store-key", store_key, "a file path"),
+    STR_FLAG("--store-user", store_user, "a user name"),
+    STR_FLAG("--store-password-file", store_password_file, "a file path"),
 };
 
 /* Splits "--flag=value"; returns the value or NULL, and the flag's length. */
@@ -265,6 +287,44 @@ static int parse_one(int argc, char **argv, int *i, struct config *cfg)
     return 0;
 }
 
+/* --store and its companions: a URL etcd.h accepts, in release mode; the
+ * others only with --store. */
+static int check_store_flags(const struct config *cfg)
+{
+    static const struct { const char *flag; size_t off; } needs_store[] = {
+        { "--store-prefix", offsetof(struct config, store_prefix) },
+        { "--store-ca", offsetof(struct config, store_ca) },
+        { "--store-cert", offsetof(struct config, store_cert) },
+        { "--store-key", offsetof(struct config, store_key) },
+        { "--store-user", offsetof(struct config, store_user) },
+        { "--store-password-file", offsetof(struct config, store_password_file) },
+    };
+    char endpoints[1024], err[512];
+
+    if (!cfg->store_url[0]) {
+        for (size_t k = 0; k < sizeof needs_store / sizeof needs_store[0]; k++)
+            if (((const char *)cfg + needs_store[k].off)[0])
+                return bad(needs_store[k].flag, "needs --store etcd://HOST:PORT");
+        return 0;
+    }
+    if (!cfg->release)
+        return bad("--store", "is for release mode (--release): local mode's mkcert "
+                   "certificates stay on each machine");
+    if (etcd_parse_url(cfg->store_url, endpoints, sizeof endpoints, err, sizeof err) < 0)
+        return bad("--store", err);
+    if (cfg->store_prefix[0] && !store_prefix_ok(cfg->store_prefix))
+        return bad("--store-prefix", "must be 1 to 200 printable characters without spaces, "
+                   "ending in '/' (e.g. core_server/)");
+    if ((cfg->store_cert[0] != 0) != (cfg->store_key[0] != 0))
+        return bad(cfg->store_cert[0] ? "--store-cert" : "--store-key",
+                   "--store-cert and --store-key go together (the client certificate and its "
+                   "private key)");
+    if ((cfg->store_user[0] != 0) != (cfg->store_password_file[0] != 0))
+        return bad(cfg->store_user[0] ? "--store-user" : "--store-password-file",
+                   "--store-user USER and --store-password-file FILE go together");
+    return 0;
+}
+
 int cli_parse(int argc, char **argv, struct config *cfg)
 {
     defaults(cfg);
@@ -285,6 +345,8 @@ int cli_parse(int argc, char **argv, struct config *cfg)
     }
     if (cfg->http_port == cfg->https_port)
         return bad("--https-port", "must differ from --http-port");
+    if (check_store_flags(cfg) < 0)
+        return -1;
     if (!cfg->certs_dir[0]) {
         const char *home = getenv("HOME");
         if (cfg->release)

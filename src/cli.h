@@ -31,6 +31,15 @@ struct config {
     char acme_email[320];    /* --acme-email ADDR: account contact ("" = none) */
     unsigned acme_challenges; /* --acme-challenges LIST: ACME_CHALLENGE_* bits (default both) */
     int acme_backoff_s;      /* --acme-backoff SECONDS: first retry after a failed order (60) */
+    char store_url[1024];    /* --store etcd://HOST:PORT,...: shared state for several machines
+                                ("" = the certs dir alone) */
+    char store_prefix[256];  /* --store-prefix: key prefix in the store ("" = core_server/) */
+    char store_ca[4096];     /* --store-ca FILE: CA bundle for etcd's TLS (https) */
+    char store_cert[4096];   /* --store-cert FILE: client certificate for etcd */
+    char store_key[4096];    /* --store-key FILE: its private key */
+    char store_user[256];    /* --store-user USER: etcd user (password from --store-password-file) */
+    char store_password_file[4096]; /* --store-password-file FILE */
+    int store_lock_ttl_s;    /* --store-lock-ttl SECONDS: lease of an order's lock (10) */
 };
 
 #define CLI_ACME_DIRECTORY "https://acme-v02.api.letsencrypt.org/directory"
