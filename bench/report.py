@@ -329,6 +329,10 @@ def main():
         rows_i = [
             (("core_server", "add"), "core_server: `add` -> first HTTPS 200", ("core_server", "add")),
             (("core_server", "race"), "core_server: a first request racing the `add`", ("core_server", "race")),
+            (("core_server_fleet", "first"), "core_server, 3 nodes on a 3-member etcd: `add` on all three at once "
+             "-> first node's HTTPS 200", ("core_server", "add")),
+            (("core_server_fleet", "last"), "core_server, 3 nodes on a 3-member etcd: `add` on all three at once "
+             "-> HTTPS 200 from all three (the last)", ("core_server", "add")),
             (("caddy", "ondemand"), "Caddy on-demand: name allowed by `ask` -> first request's 200",
              ("core_server", "add")),
             (("caddy", "ondemand_race"), "Caddy on-demand: a first request racing the `ask` registration",
@@ -341,7 +345,9 @@ def main():
           "fresh pebble per server per round, validating on that server's ports; core_server and Caddy one "
           "after the other, never at once): the time from making a new name servable to the first HTTPS 200 "
           "that curl verifies against pebble's roots. Ratio: to core_server's matching figure (`add` -> 200 "
-          "for the first request and the admin API, the racing figure for the racing request).")
+          "for the first request and the admin API, the racing figure for the racing request). The three-node rows: three release-mode nodes on one "
+          "3-member etcd (loopback), one pebble validating through a router pointed at a node other than the "
+          "one that orders; one order in all (tests/integration/test_bench_fleet_figure.py).")
         w("")
         w("| case | median ms | min ms | max ms | rounds | ×core_server |")
         w("|---|---:|---:|---:|---:|---:|")

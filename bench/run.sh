@@ -695,7 +695,7 @@ done
 # or on 127.0.0.1, every listener on 127.0.0.1.
 ACME_N=${BENCH_ACME_ROUNDS:-5}
 want i || ACME_N=0
-acme_add=(); acme_race=(); caddy_od=(); caddy_odr=(); caddy_adm=()
+acme_add=(); acme_race=(); caddy_od=(); caddy_odr=(); caddy_adm=(); fleet_first=(); fleet_last=()
 ACME=$T/raw/acme.jsonl
 : >"$ACME"
 CADDY_PIDS=$T/raw/acme-caddy.pids
@@ -710,6 +710,24 @@ acme_core_round() {
     [ -n "$a" ] && { acme_add+=("$a"); acme_json "$1" core_server add "$a"; }
     [ -n "$b" ] && { acme_race+=("$b"); acme_json "$1" core_server race "$b"; }
     say "(i) round $1 core_server: add -> first HTTPS ${a:-?} ms; racing the add ${b:-?} ms"
+}
+# Issue 10: three core_server nodes on a real 3-member etcd (loopback), in
+# the same rounds, by tests/integration/test_bench_fleet_figure.py (skipped
+# unless CORE_BENCH_FIGURES=1; fleet.py, etcd.py, the same pebble settings):
+# `add` of a new name on all three at once -> the first verified HTTPS 200
+# from the first node and from the last; pebble validates through the
+# router at a node other than the one that orders.
+acme_fleet_round() {
+    local out a b v
+    out=$(cd "$ROOT/tests/integration" && CORE_BENCH_FIGURES=1 CORE_SERVER_BIN="$CORE" timeout -k 10 300 $PY -m pytest -q -s -p no:cacheprovider \
+          test_bench_fleet_figure.py 2>&1) || {
+        say "(i) round $1 core_server fleet failed: $(echo "$out" | tail -3 | tr '\n' ' ')"; return 0; }
+    a=$(echo "$out" | sed -n 's/^FIGURE fleet add on 3 nodes -> first node HTTPS 200: \([0-9]*\) ms$/\1/p')
+    b=$(echo "$out" | sed -n 's/^FIGURE fleet add on 3 nodes -> all 3 nodes HTTPS 200: \([0-9]*\) ms$/\1/p')
+    v=$(echo "$out" | sed -n 's/^FLEET //p')
+    [ -n "$a" ] && { fleet_first+=("$a"); acme_json "$1" core_server_fleet first "$a"; }
+    [ -n "$b" ] && { fleet_last+=("$b"); acme_json "$1" core_server_fleet last "$b"; }
+    say "(i) round $1 core_server 3 nodes: add on all -> first node HTTPS ${a:-?} ms, all three ${b:-?} ms ($v)"
 }
 acme_caddy_round() {
     local out a b c
@@ -726,14 +744,14 @@ acme_caddy_round() {
     say "(i) round $1 Caddy: on-demand first request ${a:-?} ms; racing the registration ${b:-?} ms; admin API POST /load -> 200 ${c:-?} ms"
 }
 for r in $(seq "$ACME_N"); do
-    if [ $((r % 2)) = 1 ]; then acme_core_round "$r"; acme_caddy_round "$r"
-    else acme_caddy_round "$r"; acme_core_round "$r"; fi
+    if [ $((r % 2)) = 1 ]; then acme_core_round "$r"; acme_fleet_round "$r"; acme_caddy_round "$r"
+    else acme_caddy_round "$r"; acme_fleet_round "$r"; acme_core_round "$r"; fi
 done
 summary_ms() {   # "median N ms (min-max over K)" of the arguments
     printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {if (NR) printf "median %d ms (%d-%d ms over %d)", v[int((NR+1)/2)], v[1], v[NR], NR; else printf "no result"}'
 }
 if [ "$ACME_N" -gt 0 ]; then
-    NOTES+=("(i) release mode against pebble: add -> first HTTPS 200 for a new domain: $(summary_ms "${acme_add[@]}"); a first request racing the add -> HTTPS 200: $(summary_ms "${acme_race[@]}"). Caddy 2.6 against the same pebble settings, same rounds: on-demand first request for a newly allowed name -> HTTPS 200: $(summary_ms "${caddy_od[@]}"); on-demand first request racing the registration: $(summary_ms "${caddy_odr[@]}"); a site added through the admin API (POST /load) -> HTTPS 200: $(summary_ms "${caddy_adm[@]}")")
+    NOTES+=("(i) release mode against pebble: add -> first HTTPS 200 for a new domain: $(summary_ms "${acme_add[@]}"); a first request racing the add -> HTTPS 200: $(summary_ms "${acme_race[@]}"). core_server, three nodes on a 3-member etcd, add on all three at once -> the first node serves: $(summary_ms "${fleet_first[@]}"), all three serve: $(summary_ms "${fleet_last[@]}"). Caddy 2.6 against the same pebble settings, same rounds: on-demand first request for a newly allowed name -> HTTPS 200: $(summary_ms "${caddy_od[@]}"); on-demand first request racing the registration: $(summary_ms "${caddy_odr[@]}"); a site added through the admin API (POST /load) -> HTTPS 200: $(summary_ms "${caddy_adm[@]}")")
     if grep -qiE 'zerossl|letsencrypt|ocsp' "$T"/caddy_acme/logs/*caddy.log 2>/dev/null; then
         NOTES+=("(i) Caddy's logs mention ZeroSSL, Let's Encrypt or OCSP: $(grep -hiE 'zerossl|letsencrypt|ocsp' "$T"/caddy_acme/logs/*caddy.log | head -3 | cut -c1-200 | tr -d '"' | paste -sd ';' -)")
     fi
