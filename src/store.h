@@ -93,7 +93,8 @@ void store_unlock(const char *domain);
 /* Publishes a challenge answer for every node (type "http-01" with the
  * token as id, "tls-alpn-01" with the domain), and returns only once this
  * node's watcher has seen the write come back (so the other nodes' watchers
- * have had it from the same commit): 1, or -1 with err. */
+ * have had it from the same commit): 1, or -1 with err. The answer is put
+ * on the held lock's lease, so it goes when the lock does. */
 int store_put_challenge(const char *type, const char *id, const char *key_authorization,
                         char *err, size_t errlen);
 void store_delete_challenge(const char *type, const char *id);

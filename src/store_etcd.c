@@ -638,7 +638,12 @@ int store_put_challenge(const char *type, const char *id, const char *keyauth,
         return 1;
     snprintf(rel, sizeof rel, "challenges/%s/%s", type, id);
     key_of(key, sizeof key, rel);
-    if (seen(etcd_put(S.cli, key, keyauth, strlen(keyauth), 0, err, errlen), err) < 0 ||
+    /* On the lock's lease: if this node dies mid-order, its answers go
+     * with its lock instead of staying in the store for good. */
+    pthread_mutex_lock(&S.mu);
+    int64_t lease = S.lease;
+    pthread_mutex_unlock(&S.mu);
+    if (seen(etcd_put(S.cli, key, keyauth, strlen(keyauth), lease, err, errlen), err) < 0 ||
         seen(etcd_get(S.cli, key, &kv, &found, err, errlen), err) < 0)
         return -1;
     int64_t rev = kv.mod_revision;
