@@ -47,6 +47,11 @@ struct body {
     bool b_toolong;
     /* watch only (b_watch != NULL): */
     struct watch *b_watch;
+    /* The splitter's state over the value being received (see on_watch_data):
+     * scanned up to b_scan, b_depth brackets open, inside a string, after a
+     * backslash in it. */
+    size_t b_scan, b_depth;
+    bool b_instr, b_esc;
 };
 
 /* ---------------------------------------------------------------- time, base64 */
@@ -429,10 +434,12 @@ struct watch {
 
 static int on_watch_data(struct body *b);
 
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
+/* Appends len bytes to b; parse_watch: then runs the watch parser over
+ * them. len, or 0 to end the transfer (too long, or the watch is done or
+ * failed: said in b_watch). The write callback's body, shared with
+ * etcd_watch_feed. */
+static size_t body_write(struct body *b, const char *p, size_t len, bool parse_watch)
 {
-    struct body *b = arg;
-    size_t len = size * n;
     if (b->b_len + len > ETCD_BODY_MAX) {
         b->b_toolong = true;
         return 0;
@@ -445,13 +452,19 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     b->b_len += len;
     b->b_total += len;
     b->b_data[b->b_len] = '\0';
-    if (b->b_watch) {
-        long status = 0;
-        curl_easy_getinfo(b->b_watch->w_c->ec_curl, CURLINFO_RESPONSE_CODE, &status);
-        if (status == 200 && on_watch_data(b) < 0)
-            return 0;   /* ends the transfer: done or failed, said in b_watch */
-    }
+    if (parse_watch && on_watch_data(b) < 0)
+        return 0;   /* ends the transfer: done or failed, said in b_watch */
     return len;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
+{
+    struct body *b = arg;
+    long status = 0;
+    if (b->b_watch)
+        curl_easy_getinfo(b->b_watch->w_c->ec_curl, CURLINFO_RESPONSE_CODE, &status);
+    /* A watch refused (not 200) keeps its body whole, for gateway_error. */
+    return body_write(b, p, size * n, b->b_watch && status == 200);
 }
 
 /* Runs the prepared transfer on ec_multi, waking every 50 ms at most to
@@ -569,6 +582,25 @@ static void gateway_error(const char *body, long status, char *msg, size_t msgle
     json_decref(j);
 }
 
+/* A 200 answer's body as JSON (NULL with jerr when it is not). Only its
+ * first value counts: the keepalive answer is a stream of one
+ * {"result": ...}. */
+static json_t *parse_answer(const char *body, size_t len, json_error_t *jerr)
+{
+    return json_loadb(body ? body : "", body ? len : 0, JSON_DISABLE_EOF_CHECK, jerr);
+}
+
+/* The token of an authenticate answer, malloc'd; NULL when it has none. */
+static char *token_from_answer(const char *body, size_t len)
+{
+    json_error_t jerr;
+    json_t *j = parse_answer(body, len, &jerr);
+    const char *tok = json_string_value(json_object_get(j, "token"));
+    char *t = tok && *tok ? xstrdup(tok) : NULL;
+    json_decref(j);
+    return t;
+}
+
 /* Errors after which another member may do better. */
 static bool should_fail_over(long status, const char *msg)
 {
@@ -654,16 +686,12 @@ static int authenticate(struct etcd_client *c, size_t i, char *err, size_t errle
         snprintf(err, errlen, "etcd %s: authenticate as %s: %s", c->ec_eps[i], c->ec_user, msg);
         r = should_fail_over(status, msg) ? 1 : -1;
     } else {
-        json_t *j = json_loads(b.b_data ? b.b_data : "", 0, NULL);
-        const char *tok = json_string_value(json_object_get(j, "token"));
-        if (tok && *tok) {
-            c->ec_token = xstrdup(tok);
-        } else {
+        c->ec_token = token_from_answer(b.b_data, b.b_len);
+        if (!c->ec_token) {
             snprintf(err, errlen, "etcd %s: authenticate as %s: no token in the answer (is auth enabled?)",
                      c->ec_eps[i], c->ec_user);
             r = -1;
         }
-        json_decref(j);
     }
     free(b.b_data);
     return r;
@@ -704,8 +732,7 @@ static int call(struct etcd_client *c, const char *path, json_t *req, json_t **r
         }
         if (status == 200) {
             json_error_t jerr;
-            /* The keepalive answer is a stream of one {"result": ...}. */
-            *resp = json_loads(b.b_data ? b.b_data : "", JSON_DISABLE_EOF_CHECK, &jerr);
+            *resp = parse_answer(b.b_data, b.b_len, &jerr);
             free(b.b_data);
             c->ec_cur = i;
             if (!*resp) {
@@ -773,6 +800,16 @@ static int kvs_from_json(const json_t *arr, struct etcd_kv **kvs, size_t *n, con
     return 0;
 }
 
+/* A RangeResponse: its kvs, and (revision not NULL) the store's revision. */
+static int range_from_json(const json_t *resp, struct etcd_kv **kvs, size_t *n,
+                           int64_t *revision, const char *ep, char *err, size_t errlen)
+{
+    int rc = kvs_from_json(json_object_get(resp, "kvs"), kvs, n, ep, err, errlen);
+    if (revision)
+        *revision = json_i64(json_object_get(resp, "header"), "revision");
+    return rc;
+}
+
 static const char *cur_ep(const struct etcd_client *c)
 {
     return c->ec_eps[c->ec_cur];
@@ -787,7 +824,7 @@ int etcd_get(struct etcd_client *c, const char *key, struct etcd_kv *out, bool *
     *found = false;
     if (call(c, "/v3/kv/range", range_req(key, false), &resp, err, errlen) < 0)
         return -1;
-    int rc = kvs_from_json(json_object_get(resp, "kvs"), &kvs, &n, cur_ep(c), err, errlen);
+    int rc = range_from_json(resp, &kvs, &n, NULL, cur_ep(c), err, errlen);
     json_decref(resp);
     if (rc < 0)
         return -1;
@@ -808,9 +845,7 @@ int etcd_get_prefix(struct etcd_client *c, const char *prefix, struct etcd_kv **
     *n = 0;
     if (call(c, "/v3/kv/range", range_req(prefix, true), &resp, err, errlen) < 0)
         return -1;
-    int rc = kvs_from_json(json_object_get(resp, "kvs"), kvs, n, cur_ep(c), err, errlen);
-    if (revision)
-        *revision = json_i64(json_object_get(resp, "header"), "revision");
+    int rc = range_from_json(resp, kvs, n, revision, cur_ep(c), err, errlen);
     json_decref(resp);
     return rc;
 }
@@ -849,6 +884,30 @@ static bool txn_succeeded(const json_t *resp)
     return json_is_true(json_object_get(resp, "succeeded"));
 }
 
+/* etcd_create's TxnResponse: *created, and when not (current not NULL) the
+ * existing key-value from the failure branch's range (zeroed when none). */
+static int create_from_json(const json_t *resp, bool *created, struct etcd_kv *current,
+                            const char *ep, char *err, size_t errlen)
+{
+    int rc = 0;
+    *created = txn_succeeded(resp);
+    if (!*created && current) {
+        json_t *rr = json_object_get(json_array_get(json_object_get(resp, "responses"), 0),
+                                     "response_range");
+        struct etcd_kv *kvs;
+        size_t n;
+        memset(current, 0, sizeof *current);
+        rc = kvs_from_json(json_object_get(rr, "kvs"), &kvs, &n, ep, err, errlen);
+        if (rc == 0 && n > 0) {
+            *current = kvs[0];
+            memset(&kvs[0], 0, sizeof kvs[0]);
+        }
+        if (rc == 0)
+            etcd_kvs_free(kvs, n);
+    }
+    return rc;
+}
+
 int etcd_create(struct etcd_client *c, const char *key, const void *value, size_t len,
                 int64_t lease, bool *created, struct etcd_kv *current, char *err, size_t errlen)
 {
@@ -862,22 +921,7 @@ int etcd_create(struct etcd_client *c, const char *key, const void *value, size_
     *created = false;
     if (call(c, "/v3/kv/txn", req, &resp, err, errlen) < 0)
         return -1;
-    int rc = 0;
-    *created = txn_succeeded(resp);
-    if (!*created && current) {
-        json_t *rr = json_object_get(json_array_get(json_object_get(resp, "responses"), 0),
-                                     "response_range");
-        struct etcd_kv *kvs;
-        size_t n;
-        memset(current, 0, sizeof *current);
-        rc = kvs_from_json(json_object_get(rr, "kvs"), &kvs, &n, cur_ep(c), err, errlen);
-        if (rc == 0 && n > 0) {
-            *current = kvs[0];
-            memset(&kvs[0], 0, sizeof kvs[0]);
-        }
-        if (rc == 0)
-            etcd_kvs_free(kvs, n);
-    }
+    int rc = create_from_json(resp, created, current, cur_ep(c), err, errlen);
     json_decref(resp);
     return rc;
 }
@@ -901,31 +945,51 @@ int etcd_delete_if(struct etcd_client *c, const char *key, const void *value, si
 
 /* ---------------------------------------------------------------- leases */
 
+/* A LeaseGrantResponse: *lease, or -1 with err when it has no ID. */
+static int grant_from_json(const json_t *resp, int64_t *lease, const char *ep, char *err,
+                           size_t errlen)
+{
+    *lease = json_i64(resp, "ID");
+    const char *e = json_string_value(json_object_get(resp, "error"));
+    if (*lease == 0) {
+        snprintf(err, errlen, "etcd %s: lease grant: %s", ep, e && *e ? e : "no lease ID in the answer");
+        return -1;
+    }
+    return 0;
+}
+
 int etcd_lease_grant(struct etcd_client *c, long ttl_s, int64_t *lease, char *err, size_t errlen)
 {
     json_t *resp;
     if (call(c, "/v3/lease/grant", json_pack("{s:o}", "TTL", json_i64_new(ttl_s)), &resp, err,
              errlen) < 0)
         return -1;
-    *lease = json_i64(resp, "ID");
-    const char *e = json_string_value(json_object_get(resp, "error"));
+    int rc = grant_from_json(resp, lease, cur_ep(c), err, errlen);
     json_decref(resp);
-    if (*lease == 0) {
-        snprintf(err, errlen, "etcd %s: lease grant: %s", cur_ep(c), e && *e ? e : "no lease ID in the answer");
-        return -1;
-    }
-    return 0;
+    return rc;
 }
+
+static int keepalive_from_json(const json_t *resp, long *ttl_left, const char *ep, char *err,
+                               size_t errlen);
 
 int etcd_lease_keepalive(struct etcd_client *c, int64_t lease, long *ttl_left, char *err,
                          size_t errlen)
 {
     json_t *resp;
-    char msg[ETCD_MSG_MAX];
     if (call(c, "/v3/lease/keepalive", json_pack("{s:o}", "ID", json_i64_new(lease)), &resp,
              err, errlen) < 0)
         return -1;
-    /* A stream: {"result": {...}}, or {"error": {...}} when it broke. */
+    int rc = keepalive_from_json(resp, ttl_left, cur_ep(c), err, errlen);
+    json_decref(resp);
+    return rc;
+}
+
+/* A keepalive stream's first message: {"result": {...}}, or {"error":
+ * {...}} when it broke ("lease not found": *ttl_left 0, not an error). */
+static int keepalive_from_json(const json_t *resp, long *ttl_left, const char *ep, char *err,
+                               size_t errlen)
+{
+    char msg[ETCD_MSG_MAX];
     json_t *res = json_object_get(resp, "result");
     int rc = 0;
     if (res) {
@@ -937,11 +1001,10 @@ int etcd_lease_keepalive(struct etcd_client *c, int64_t lease, long *ttl_left, c
         if (strstr(msg, "lease not found")) {
             *ttl_left = 0;
         } else {
-            snprintf(err, errlen, "etcd %s: lease keepalive: %s", cur_ep(c), msg);
+            snprintf(err, errlen, "etcd %s: lease keepalive: %s", ep, msg);
             rc = -1;
         }
     }
-    json_decref(resp);
     return rc;
 }
 
@@ -1025,34 +1088,96 @@ static int on_watch_message(struct watch *w, json_t *msg)
 }
 
 /* Parses every complete JSON value at the front of the stream buffer and
- * keeps the incomplete rest for the next write callback. */
+ * keeps the incomplete rest for the next write callback. The stream is
+ * objects, newline-separated or not, cut anywhere by the transport: a value
+ * ends where its outermost bracket closes (brackets inside strings do not
+ * count). The scan resumes where the last callback stopped, so a big value
+ * arriving in many pieces is scanned once; jansson parses only a complete
+ * value (asking it about an incomplete one does not tell "cut" from
+ * "wrong": a cut inside "true" or a "\u" escape reads as an invalid token). */
 static int on_watch_data(struct body *b)
 {
+    struct watch *w = b->b_watch;
     size_t off = 0;
     int rc = 0;
     while (rc == 0) {
-        while (off < b->b_len && isspace((unsigned char)b->b_data[off]))
-            off++;
-        if (off == b->b_len)
-            break;
+        if (b->b_depth == 0) {
+            while (off < b->b_len && isspace((unsigned char)b->b_data[off]))
+                off++;
+            if (off == b->b_len)
+                break;
+            if (b->b_data[off] != '{' && b->b_data[off] != '[') {
+                snprintf(w->w_err, sizeof w->w_err,
+                         "watch: unreadable stream: '%c' where a JSON object should start",
+                         isprint((unsigned char)b->b_data[off]) ? b->b_data[off] : '?');
+                w->w_failed = true;
+                return -1;
+            }
+            b->b_scan = off;
+        }
+        size_t i = b->b_scan;
+        bool whole = false;
+        for (; i < b->b_len && !whole; i++) {
+            char ch = b->b_data[i];
+            if (b->b_instr) {
+                if (b->b_esc)
+                    b->b_esc = false;
+                else if (ch == '\\')
+                    b->b_esc = true;
+                else if (ch == '"')
+                    b->b_instr = false;
+            } else if (ch == '"') {
+                b->b_instr = true;
+            } else if (ch == '{' || ch == '[') {
+                b->b_depth++;
+            } else if (ch == '}' || ch == ']') {
+                whole = --b->b_depth == 0;
+            }
+        }
+        b->b_scan = i;
+        if (!whole)
+            break;   /* the rest of this value is still on its way */
         json_error_t jerr;
-        json_t *msg = json_loadb(b->b_data + off, b->b_len - off, JSON_DISABLE_EOF_CHECK, &jerr);
+        json_t *msg = json_loadb(b->b_data + off, i - off, 0, &jerr);
         if (!msg) {
-            if (json_error_code(&jerr) == json_error_premature_end_of_input)
-                break;   /* the rest of this object is still on its way */
-            snprintf(b->b_watch->w_err, sizeof b->b_watch->w_err, "watch: unreadable stream: %s",
-                     jerr.text);
-            b->b_watch->w_failed = true;
+            snprintf(w->w_err, sizeof w->w_err, "watch: unreadable stream: %s", jerr.text);
+            w->w_failed = true;
             return -1;
         }
-        off += (size_t)jerr.position;
-        rc = on_watch_message(b->b_watch, msg);
+        off = i;
+        rc = on_watch_message(w, msg);
         json_decref(msg);
     }
     memmove(b->b_data, b->b_data + off, b->b_len - off);
     b->b_len -= off;
+    b->b_scan -= off;
     b->b_data[b->b_len] = '\0';
     return rc;
+}
+
+int etcd_watch_feed(const void *data, size_t len, const size_t *cuts, size_t ncuts,
+                    int64_t start_revision, etcd_watch_fn *fn, void *arg,
+                    int64_t *last_revision, char *err, size_t errlen)
+{
+    struct watch w = { .w_fn = fn, .w_arg = arg, .w_start = start_revision,
+                       .w_last = last_revision };
+    struct body b = { .b_watch = &w };
+    const char *p = data;
+    size_t at = 0;
+    *last_revision = start_revision > 0 ? start_revision - 1 : 0;
+    for (size_t k = 0; k <= ncuts && !w.w_done && !w.w_failed && !b.b_toolong; k++) {
+        size_t to = k < ncuts && cuts[k] < len ? cuts[k] : len;
+        if (to < at)
+            continue;
+        body_write(&b, p + at, to - at, true);
+        at = to;
+    }
+    free(b.b_data);
+    if (w.w_failed || b.b_toolong) {
+        snprintf(err, errlen, "%s", b.b_toolong ? "watch: a message longer than the limit" : w.w_err);
+        return -1;
+    }
+    return w.w_done ? 1 : 0;
 }
 
 int etcd_watch(struct etcd_client *c, const char *prefix, int64_t start_revision,
@@ -1128,5 +1253,75 @@ int etcd_watch(struct etcd_client *c, const char *prefix, int64_t start_revision
     free(json);
     if (rc < 0)
         tries_report(&tr, err, errlen);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- decoding without a network */
+
+void etcd_answer_clear(struct etcd_answer *a)
+{
+    etcd_kvs_free(a->kvs, a->n);
+    free(a->token);
+    memset(a, 0, sizeof *a);
+}
+
+int etcd_decode_answer(enum etcd_answer_kind kind, const char *body, size_t len, long status,
+                       struct etcd_answer *a, char *err, size_t errlen)
+{
+    static const char ep[] = "(fed)";
+    json_error_t jerr;
+    memset(a, 0, sizeof *a);
+    if (kind == ETCD_ANSWER_ERROR) {
+        /* gateway_error reads a NUL-terminated body, as the transfer leaves it. */
+        char *s = xmalloc(len + 1);
+        memcpy(s, body, len);
+        s[len] = '\0';
+        gateway_error(s, status, a->msg, sizeof a->msg);
+        free(s);
+        return 0;
+    }
+    if (kind == ETCD_ANSWER_AUTH) {
+        a->token = token_from_answer(body, len);
+        if (!a->token) {
+            snprintf(err, errlen, "etcd %s: no token in the answer", ep);
+            return -1;
+        }
+        return 0;
+    }
+    json_t *resp = parse_answer(body, len, &jerr);
+    if (!resp) {
+        snprintf(err, errlen, "etcd %s: unreadable answer: %s", ep, jerr.text);
+        return -1;
+    }
+    int rc = -1;
+    switch (kind) {
+    case ETCD_ANSWER_RANGE:
+        rc = range_from_json(resp, &a->kvs, &a->n, &a->revision, ep, err, errlen);
+        break;
+    case ETCD_ANSWER_CREATE: {
+        struct etcd_kv cur;
+        rc = create_from_json(resp, &a->succeeded, &cur, ep, err, errlen);
+        if (rc == 0 && !a->succeeded && cur.key) {
+            a->kvs = xcalloc(1, sizeof *a->kvs);
+            a->kvs[0] = cur;
+            a->n = 1;
+        }
+        break;
+    }
+    case ETCD_ANSWER_DELETE_IF:
+        a->succeeded = txn_succeeded(resp);
+        rc = 0;
+        break;
+    case ETCD_ANSWER_LEASE_GRANT:
+        rc = grant_from_json(resp, &a->lease, ep, err, errlen);
+        break;
+    case ETCD_ANSWER_KEEPALIVE:
+        rc = keepalive_from_json(resp, &a->ttl, ep, err, errlen);
+        break;
+    default:
+        snprintf(err, errlen, "etcd: unknown answer kind %d", (int)kind);
+        break;
+    }
+    json_decref(resp);
     return rc;
 }

@@ -120,4 +120,46 @@ int etcd_watch(struct etcd_client *c, const char *prefix, int64_t start_revision
  * later call fail at once. Safe from any thread. */
 void etcd_client_cancel(struct etcd_client *c);
 
+/* ---- Exposed for tests/fuzzing (not used by the rest of the server): the
+ * parsers of what etcd sends, fed from a buffer instead of the network.
+ * They run exactly the code the client runs on a live answer. */
+
+/* Runs the watch stream parser over data as libcurl's write callback would
+ * deliver it from a 200 /v3/watch answer: in pieces ending at the offsets
+ * cuts[0..ncuts) (ascending; offsets past len or below the previous one are
+ * skipped), then the rest. fn, arg, start_revision and *last_revision behave
+ * as in etcd_watch. Returns 0 when every byte was read (an incomplete last
+ * message stays unread, as a live stream would wait for it), 1 when fn
+ * returned false, -1 with err when the stream ended the watch (an error
+ * message, compacted, canceled, not JSON, a key or value not base64). */
+int etcd_watch_feed(const void *data, size_t len, const size_t *cuts, size_t ncuts,
+                    int64_t start_revision, etcd_watch_fn *fn, void *arg,
+                    int64_t *last_revision, char *err, size_t errlen);
+
+enum etcd_answer_kind {
+    ETCD_ANSWER_RANGE,          /* /v3/kv/range: kvs, n, revision (etcd_get, etcd_get_prefix) */
+    ETCD_ANSWER_CREATE,         /* etcd_create's /v3/kv/txn: succeeded; else kvs[0] when n == 1 */
+    ETCD_ANSWER_DELETE_IF,      /* etcd_delete_if's /v3/kv/txn: succeeded */
+    ETCD_ANSWER_LEASE_GRANT,    /* lease */
+    ETCD_ANSWER_KEEPALIVE,      /* ttl */
+    ETCD_ANSWER_AUTH,           /* token */
+    ETCD_ANSWER_ERROR,          /* a body of any status (status given): msg, never fails */
+};
+struct etcd_answer {
+    struct etcd_kv *kvs;
+    size_t n;
+    int64_t revision;
+    bool succeeded;
+    int64_t lease;
+    long ttl;
+    char *token;
+    char msg[256];
+};
+/* Decodes body (len bytes) as the client decodes that kind of answer.
+ * 0 with *a filled (etcd_answer_clear frees it), or -1 with err (*a then
+ * holds nothing to free). */
+int etcd_decode_answer(enum etcd_answer_kind kind, const char *body, size_t len, long status,
+                       struct etcd_answer *a, char *err, size_t errlen);
+void etcd_answer_clear(struct etcd_answer *a);
+
 #endif
