@@ -51,14 +51,20 @@ def test_one_order_for_a_name_added_on_three_nodes_at_once(etcd_cluster, fleet):
     name = unique("one")
     t0 = time.monotonic()
     f.add_all(name)
+    failures = []
     for n in nodes:
-        n.wait_https(name, timeout=max(1.0, 10 - (time.monotonic() - t0)))
+        try:
+            n.wait_https(name, timeout=max(1.0, 10 - (time.monotonic() - t0)))
+        except AssertionError as e:
+            failures.append(str(e))
     took = time.monotonic() - t0
     print(f"\nFIGURE add on 3 nodes -> verified HTTPS 200 on all three: {took * 1000:.0f} ms")
     time.sleep(1)   # a late duplicate order would show by now
+    # the order count first: without a shared store every node orders
     orders = f.orders(name)
-    assert len(orders) == 1, "\n".join(orders) + "\n" + f.logs()
+    assert len(orders) == 1, f"{len(orders)} orders:\n" + "\n".join(orders)
     assert f.ca_orders() == 1, f.ca.logs()
+    assert not failures, "\n".join(failures)
     serials = {n.serial(name) for n in nodes}
     assert len(serials) == 1 and None not in serials, serials
     # the one that ordered says so in issued/, the others loaded it from the store
@@ -199,7 +205,9 @@ def test_no_quorum_keeps_serving_orders_nothing_and_resumes(etcd_cluster, fleet)
         wait_for(lambda: "unreachable since" in status_fields(n.status(old)).get("store", ""),
                  timeout=10, what=f"{n.name}'s status to say the store is unreachable")
         assert n.lines(f"store {etcd.url}: unreachable: "), n.log()[-3000:]
-    print(f"\nFIGURE quorum lost -> all three report it: {(time.monotonic() - t_down) * 1000:.0f} ms")
+    # (no figure here: each `status` over UDP waits out its 2 s reply timeout,
+    # the reply has no closing "ok" line; the log shows the change within ~1 s)
+    assert time.monotonic() - t_down < 30
     for n in nodes:
         rc, code, err = n.https(old)
         assert (rc, code) == (0, "200"), f"{n.name} stopped serving without quorum: {err}"
