@@ -21,7 +21,7 @@ LIB_SRCS := src/log.c src/file.c src/mem.c src/buf.c src/loop.c src/net.c src/qs
             src/transport.c src/tls.c src/certs.c src/mkcert.c src/backend.c src/exchange.c src/conn.c src/client_h1.c src/client_h2.c src/proxy.c \
             src/worker.c src/instance.c src/handover.c src/systemd.c src/cli.c src/jws.c src/challenge.c src/acme.c
 LIB_SRCS += src/etcd.c src/store_etcd.c
-LIB_SRCS += src/clock.c src/sslerr.c src/sni.c
+LIB_SRCS += src/clock.c src/sslerr.c src/sni.c src/acme_state.c
 SRCS     := $(LIB_SRCS) src/main.c
 
 BUILD   ?= build

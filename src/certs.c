@@ -1,12 +1,14 @@
 /* certs.c — the certificate store (domain -> SSL_CTX, an immutable snapshot
  * read lock-free) and the one background thread that fills it: from
  * CERTS_DIR, by running mkcert, or from an ACME CA (with renewal and
- * per-domain backoff), and tells the worker loops when done. */
+ * per-domain backoff), and tells the worker loops when done. Release
+ * mode's per-domain records and failure ledger live in acme_state.c. */
 #include "certs.h"
 #include "challenge.h"
 #include "clock.h"
 #include "file.h"
 #include "acme.h"
+#include "acme_state.h"
 #include "domain.h"
 #include "jws.h"
 #include "log.h"
@@ -107,7 +109,6 @@ static char *mkcert_bin;
 static struct acme_client *acme;       /* release mode; used by the certificate thread only */
 static pthread_t thread;
 static bool thread_started;
-static long backoff_first_s;           /* release mode: first retry delay */
 static int qsbr_id = -1;               /* the certificate thread reads routes (host policy) */
 static atomic_bool stopping;           /* certs_shutdown: an order failing now was cancelled */
 
@@ -485,95 +486,9 @@ static void obtain_local(const char *name, size_t len)
     }
 }
 
-/* ---- release mode: per-domain records ---- */
+/* ---- release mode: helpers ---- */
 
-#define FAILURES_FILE "core_server-acme-failures.txt"
 #define PEM_FILE_MAX  (1 << 20)   /* a DOMAIN file is a few KiB; refuse anything absurd */
-
-/* What the status command shows and what renewal and backoff are driven by.
- * Written by the certificate thread, read by certs_status, under recs.mu. */
-struct record {
-    char name[DOMAIN_MAX + 1];
-    time_t not_before, not_after;  /* wall clock: the certificate held; 0: none */
-    time_t renew_at;               /* wall clock: its renewal is due; 0: none */
-    int failures;                  /* consecutive failed orders */
-    time_t last_fail;              /* wall clock of the last failure; 0: none */
-    time_t next_attempt;           /* wall clock: no order before then; 0: any time */
-    bool working;                  /* an order is under way */
-    bool dormant;                  /* due, but the route is gone: wait for a request */
-    char waiting[200];             /* shared store: what the order waits for ("" none) */
-    char last_err[512];
-    unsigned worked;               /* ACME_CHALLENGE_* that validated last; 0: not known.
-                                      Tried first at the next order (renewal). */
-    struct {
-        time_t tf_at;              /* wall clock of this type's last failed validation; 0: none */
-        char tf_err[320];          /* the CA's problem type and detail */
-    } type_fail[2];                /* [challenge_slot(ACME_CHALLENGE_*)] */
-};
-
-/* The two challenge types, in the order tried when none is known to work:
- * tls-alpn-01 first (answered on the https port, which serves anyway). */
-static const unsigned challenge_order[2] = { ACME_CHALLENGE_TLSALPN01, ACME_CHALLENGE_HTTP01 };
-
-/* Index of a challenge type bit in record.type_fail. */
-static int challenge_slot(unsigned bit)
-{
-    return bit == ACME_CHALLENGE_HTTP01 ? 0 : 1;
-}
-
-static unsigned challenge_from_name(const char *s)
-{
-    if (strcmp(s, "http-01") == 0)
-        return ACME_CHALLENGE_HTTP01;
-    if (strcmp(s, "tls-alpn-01") == 0)
-        return ACME_CHALLENGE_TLSALPN01;
-    return 0;
-}
-
-/* The type that worked, when the ledger needs to keep it: only when it is
- * not the one tried first anyway (tls-alpn-01 when enabled), so a domain
- * for which the default works leaves no line behind. 0 otherwise. */
-static unsigned worked_to_keep(const struct record *r)
-{
-    unsigned enabled = acme ? acme_challenges(acme) : 0;
-    unsigned first = enabled & challenge_order[0] ? challenge_order[0] : challenge_order[1];
-    return r->worked && r->worked != first ? r->worked : 0;
-}
-
-/* True when the record holds something the ledger file keeps. */
-static bool record_persists(const struct record *r)
-{
-    return r->failures > 0 || worked_to_keep(r) || r->type_fail[0].tf_at || r->type_fail[1].tf_at;
-}
-
-static struct {
-    pthread_mutex_t mu;            /* guards the records; taken after q.mu, never before */
-    struct record **v;             /* freed only by the certificate thread (forget) and
-                                      certs_shutdown: that thread may keep a pointer */
-    size_t n;
-} recs = { .mu = PTHREAD_MUTEX_INITIALIZER };
-
-/* Under recs.mu. */
-static struct record *record_find(const char *name, size_t len)
-{
-    for (size_t i = 0; i < recs.n; i++)
-        if (strlen(recs.v[i]->name) == len && memcmp(recs.v[i]->name, name, len) == 0)
-            return recs.v[i];
-    return NULL;
-}
-
-/* Under recs.mu: the record, created empty if missing. */
-static struct record *record_get(const char *name, size_t len)
-{
-    struct record *r = record_find(name, len);
-    if (r)
-        return r;
-    r = xcalloc(1, sizeof *r);
-    memcpy(r->name, name, len);
-    recs.v = xrealloc(recs.v, (recs.n + 1) * sizeof recs.v[0]);
-    recs.v[recs.n++] = r;
-    return r;
-}
 
 /* "2025-01-31T12:00:00Z" */
 static const char *fmt_time(time_t t, char *buf, size_t cap)
@@ -582,209 +497,6 @@ static const char *fmt_time(time_t t, char *buf, size_t cap)
     if (!gmtime_r(&t, &tm) || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
         snprintf(buf, cap, "@%lld", (long long)t);
     return buf;
-}
-
-/* When a certificate valid from nb to na is due for renewal: fewer than 30
- * days or a third of its lifetime left, whichever is less (Let's Encrypt's
- * 90-day certificates: at 60 days; short-lived ones: at two thirds). */
-static time_t renew_time(time_t nb, time_t na)
-{
-    time_t life = na > nb ? na - nb : 0;
-    time_t before = life / 3 < CERTS_RENEW_MAX_S ? life / 3 : CERTS_RENEW_MAX_S;
-    return na - before;
-}
-
-/* Records the certificate now held. A renewal is never scheduled sooner
- * than a minute (or a third of a short lifetime) from now, so a CA handing
- * out certificates that are due already cannot make us loop. */
-static void record_cert(const char *name, size_t len, time_t nb, time_t na)
-{
-    time_t now = time(NULL), life = na > nb ? na - nb : 0;
-    time_t floor = now + (life / 3 < 60 ? life / 3 : 60);
-
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_get(name, len);
-    r->not_before = nb;
-    r->not_after = na;
-    r->renew_at = renew_time(nb, na) > floor ? renew_time(nb, na) : floor;
-    pthread_mutex_unlock(&recs.mu);
-}
-
-/* The failure record as a text file, one line per failing domain:
- *   DOMAIN FAILURES LAST_FAIL NEXT_ATTEMPT LAST_ERROR
- * and, for the challenge fallback, lines that start with '@' (which no
- * domain does; an older core_server skips them as bad lines):
- *   @worked DOMAIN TYPE               the challenge type that validated last
- *   @failed DOMAIN TYPE TIME ERROR    that type's last failed validation
- * (times as Unix seconds; an error runs to the end of the line). Written
- * atomically after every change, so a crash loop keeps its backoff. */
-/* The room record_lines needs for r at most. */
-static size_t record_lines_max(const struct record *r)
-{
-    return 3 * strlen(r->name) + strlen(r->last_err) + 2 * sizeof r->type_fail[0].tf_err + 200;
-}
-
-/* r's lines of the ledger (nothing when it keeps nothing) into buf, which
- * has record_lines_max(r) bytes. Returns their length. Under recs.mu. */
-static size_t record_lines(const struct record *r, char *buf, size_t cap)
-{
-    size_t used = 0;
-    buf[0] = '\0';
-    if (r->failures > 0)
-        used += (size_t)snprintf(buf + used, cap - used, "%s %d %lld %lld %s\n", r->name,
-                                 r->failures, (long long)r->last_fail,
-                                 (long long)r->next_attempt, r->last_err);
-    if (worked_to_keep(r))
-        used += (size_t)snprintf(buf + used, cap - used, "@worked %s %s\n", r->name,
-                                 acme_challenge_name(r->worked));
-    for (int k = 0; k < 2; k++)
-        if (r->type_fail[challenge_slot(challenge_order[k])].tf_at)
-            used += (size_t)snprintf(buf + used, cap - used, "@failed %s %s %lld %s\n",
-                r->name, acme_challenge_name(challenge_order[k]),
-                (long long)r->type_fail[challenge_slot(challenge_order[k])].tf_at,
-                r->type_fail[challenge_slot(challenge_order[k])].tf_err);
-    return used;
-}
-
-static void failures_save(void)
-{
-    char path[PATH_MAX], err[512];
-    size_t cap = 256, used = 0;
-    char *buf = xmalloc(cap);
-
-    used = (size_t)snprintf(buf, cap, "# core_server ACME failures: DOMAIN FAILURES LAST_FAIL "
-                            "NEXT_ATTEMPT LAST_ERROR (Unix seconds)\n");
-    pthread_mutex_lock(&recs.mu);
-    for (size_t i = 0; i < recs.n; i++) {
-        const struct record *r = recs.v[i];
-        if (!record_persists(r))
-            continue;
-        size_t need = record_lines_max(r);
-        if (used + need > cap) {
-            cap = (used + need) * 2;
-            buf = xrealloc(buf, cap);
-        }
-        used += record_lines(r, buf + used, cap - used);
-    }
-    pthread_mutex_unlock(&recs.mu);
-    snprintf(path, sizeof path, "%s/%s", dir, FAILURES_FILE);
-    int rc = file_write_atomic(path, NULL, buf, used, 0600, err, sizeof err);
-    if (rc < 0)
-        log_warn("certs: saving the ACME failure record: %s (backoff will not survive a restart)",
-                 err);
-    else if (rc > 0)
-        log_warn("certs: %s", err);
-    free(buf);
-}
-
-/* One '@' line of the ledger (see failures_save). Returns 1 if it was
- * used, 0 (logged) if not. */
-static int ledger_line(const char *path, const char *line)
-{
-    char kind[16], name[DOMAIN_MAX + 2], type[16];
-    long long at = 0;
-    int off = 0;
-    int got = sscanf(line, "@%15s %254s %15s %lld %n", kind, name, type, &at, &off);
-    unsigned bit = got >= 3 ? challenge_from_name(type) : 0;
-    bool worked = got >= 3 && strcmp(kind, "worked") == 0;
-    bool failed = got >= 4 && off > 0 && strcmp(kind, "failed") == 0;
-
-    if (!bit || strlen(name) > DOMAIN_MAX || (!worked && !failed)) {
-        log_warn("certs: %s: skipping a bad line: %s", path, line);
-        return 0;
-    }
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_get(name, strlen(name));
-    if (worked) {
-        r->worked = bit;
-    } else {
-        r->type_fail[challenge_slot(bit)].tf_at = (time_t)at;
-        snprintf(r->type_fail[challenge_slot(bit)].tf_err, sizeof r->type_fail[0].tf_err, "%s",
-                 line + off);
-    }
-    pthread_mutex_unlock(&recs.mu);
-    return 0;   /* counted with its domain's failure line, if any */
-}
-
-/* One line of the ledger (from the file, or a domain's text from the
- * shared store; where names it in a warning). Returns 1 for a domain's
- * failure line, 0 otherwise (an '@' line, a comment, or a bad line: logged). */
-static int ledger_parse_line(const char *where, char *line)
-{
-    char name[DOMAIN_MAX + 2];
-    int failures, off = 0;
-    long long last, next;
-
-    line[strcspn(line, "\n")] = '\0';
-    if (line[0] == '#' || !line[0])
-        return 0;
-    if (line[0] == '@')
-        return ledger_line(where, line);
-    if (sscanf(line, "%254s %d %lld %lld %n", name, &failures, &last, &next, &off) < 4 ||
-        strlen(name) > DOMAIN_MAX || failures <= 0) {
-        log_warn("certs: %s: skipping a bad line: %s", where, line);
-        return 0;
-    }
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_get(name, strlen(name));
-    r->failures = failures;
-    r->last_fail = (time_t)last;
-    r->next_attempt = (time_t)next;
-    snprintf(r->last_err, sizeof r->last_err, "%s", line + off);
-    pthread_mutex_unlock(&recs.mu);
-    return 1;
-}
-
-static void failures_load(void)
-{
-    char path[PATH_MAX], line[1024];
-    size_t n = 0;
-
-    snprintf(path, sizeof path, "%s/%s", dir, FAILURES_FILE);
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        if (errno != ENOENT)
-            log_warn("certs: reading %s: %s (starting without a failure record)", path,
-                     strerror(errno));
-        return;
-    }
-    while (fgets(line, sizeof line, f))
-        n += (size_t)ledger_parse_line(path, line);
-    fclose(f);
-    if (n)
-        log_info("certs: %zu domain(s) with failed ACME orders in %s; their backoff goes on", n,
-                 path);
-}
-
-/* Records a failed attempt (one order, or one per challenge type after a
- * fallback) and returns the seconds until the next attempt:
- * CERTS_BACKOFF_FIRST_S (or the test value), times 4 per failure, at most
- * an hour, and never sooner than the CA's Retry-After. */
-static long record_failure(const char *name, size_t len, const char *err, long retry_after)
-{
-    time_t now = time(NULL);
-    long delay = backoff_first_s;
-
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_get(name, len);
-    r->failures++;
-    for (int i = 1; i < r->failures && delay < CERTS_BACKOFF_MAX_S; i++)
-        delay *= CERTS_BACKOFF_FACTOR;
-    if (delay > CERTS_BACKOFF_MAX_S)
-        delay = CERTS_BACKOFF_MAX_S;
-    if (retry_after > delay)
-        delay = retry_after;
-    r->last_fail = now;
-    r->next_attempt = now + delay;
-    /* Truncated on purpose: the record keeps the start of a long CA error. */
-    size_t n = strnlen(err, sizeof r->last_err - 1);
-    memcpy(r->last_err, err, n);
-    r->last_err[n] = '\0';
-    for (char *p = r->last_err; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';   /* one line in the record file and in the status reply */
-    pthread_mutex_unlock(&recs.mu);
-    return delay;
 }
 
 /* ---- release mode: obtaining (certificate thread only) ---- */
@@ -939,19 +651,6 @@ static bool problem_about_name(const char *type)
     return false;
 }
 
-/* The challenge types to try for r, in order: the one that worked last
- * first, then the others enabled. Returns how many (1 or 2). Under recs.mu. */
-static int challenge_plan(const struct record *r, unsigned enabled, unsigned plan[2])
-{
-    int n = 0;
-    if (r->worked & enabled)
-        plan[n++] = r->worked;
-    for (int k = 0; k < 2; k++)
-        if ((challenge_order[k] & enabled) && challenge_order[k] != r->worked)
-            plan[n++] = challenge_order[k];
-    return n;
-}
-
 /* Forgets what memory holds for a domain whose route is gone: its
  * certificate leaves the store (freed through QSBR), its record loses the
  * certificate and its renewal, and is freed unless the ledger file keeps
@@ -988,13 +687,8 @@ static void share_ledger(const char *name, size_t len)
     char key[DOMAIN_MAX + 16], err[512];
     if (!store_enabled())
         return;
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_find(name, len);
-    size_t cap = r ? record_lines_max(r) : 1, n = 0;
-    char *text = xmalloc(cap);
-    if (r)
-        n = record_lines(r, text, cap);
-    pthread_mutex_unlock(&recs.mu);
+    char *text;
+    size_t n = acme_state_ledger_lines(name, len, &text);
     snprintf(key, sizeof key, "ledger/%s", name);
     if ((n ? store_put(key, text, n, err, sizeof err) : store_delete(key, err, sizeof err)) < 0)
         log_warn("certs %s: saving its ACME failure record in the store: %s", name, err);
@@ -1018,7 +712,7 @@ static int merge_ledger(const char *name)
         next = strchr(line, '\n');
         if (next)
             *next++ = '\0';
-        ledger_parse_line(where, line);
+        acme_state_ledger_parse_line(where, line);
     }
     free(text);
     return 1;
@@ -1087,10 +781,10 @@ static int load_from_store(const char *name, size_t len, const char *path, time_
     int got = store_get(key, &pem, &plen, err, sizeof err);
     if (got <= 0)
         return got;
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_find(name, len);
+    acme_state_lock();
+    struct acme_record *r = acme_state_find_locked(name, len);
     held = r ? r->not_after : 0;
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_unlock();
     SSL_CTX *ctx = ctx_from_pem(name, "the store's certificate", pem, plen, nb, na, err,
                                 sizeof err);
     if (!ctx || *na <= held) {
@@ -1113,7 +807,7 @@ static int load_from_store(const char *name, size_t len, const char *path, time_
         free(issuer);
     }
     snapshot_publish(name, len, ctx, *na, 0);
-    record_cert(name, len, *nb, *na);
+    acme_state_record_cert(name, len, *nb, *na);
     log_info("certs %s: loaded from the store (issued by %s), valid until %s", name, who,
              fmt_time(*na, t1, sizeof t1));
     return 1;
@@ -1123,11 +817,11 @@ static int load_from_store(const char *name, size_t len, const char *path, time_
  * why goes to status and, when it changes, to the log. */
 static void set_waiting(const char *name, size_t len, const char *why)
 {
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_get(name, len);
+    acme_state_lock();
+    struct acme_record *r = acme_state_get_locked(name, len);
     bool changed = strcmp(r->waiting, why) != 0;
     snprintf(r->waiting, sizeof r->waiting, "%s", why);
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_unlock();
     if (changed && why[0])
         log_info("certs %s: %s", name, why);
 }
@@ -1151,21 +845,22 @@ static void issue(const char *name, size_t len, const char *path)
     int nplan, norders = 0;
     bool every_type_failed = false;
 
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_get(name, len);
+    acme_state_lock();
+    struct acme_record *r = acme_state_get_locked(name, len);
     r->working = true;
     had_failures = r->failures > 0;
-    nplan = challenge_plan(r, acme_challenges(acme), plan);
+    nplan = acme_state_challenge_plan(r, acme_challenges(acme), plan);
     if (had_failures && nplan == 2 && r->type_fail[0].tf_at && r->type_fail[1].tf_at) {
         /* A retry after every type failed: one order, with the type that
          * failed longest ago, so the types alternate. The first hour then
          * sees at most 5 orders (2 at once, then after 1, 5 and 21 min),
          * within Let's Encrypt's 5 failed validations per name per hour. */
-        if (r->type_fail[challenge_slot(plan[1])].tf_at < r->type_fail[challenge_slot(plan[0])].tf_at)
+        if (r->type_fail[acme_state_challenge_slot(plan[1])].tf_at <
+            r->type_fail[acme_state_challenge_slot(plan[0])].tf_at)
             plan[0] = plan[1];
         nplan = 1;
     }
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_unlock();
 
     for (int k = 0; k < nplan; k++) {
         used = plan[k];
@@ -1178,10 +873,11 @@ static void issue(const char *name, size_t len, const char *path)
         if (atomic_load(&stopping) || acme_gave_up(acme) || !failed)
             break;
         bool about_name = problem_about_name(acme_problem(acme));
-        pthread_mutex_lock(&recs.mu);
-        r->type_fail[challenge_slot(failed)].tf_at = time(NULL);
-        copy_line(r->type_fail[challenge_slot(failed)].tf_err, sizeof r->type_fail[0].tf_err, err);
-        pthread_mutex_unlock(&recs.mu);
+        acme_state_lock();
+        r->type_fail[acme_state_challenge_slot(failed)].tf_at = time(NULL);
+        copy_line(r->type_fail[acme_state_challenge_slot(failed)].tf_err,
+                  sizeof r->type_fail[0].tf_err, err);
+        acme_state_unlock();
         ledger_changed = true;
         size_t off = strlen(all_err);
         /* A long pair of CA errors is cut (the return value is looked at
@@ -1221,21 +917,21 @@ static void issue(const char *name, size_t len, const char *path)
     }
     if (ctx) {
         snapshot_publish(name, len, ctx, na, 0);
-        record_cert(name, len, nb, na);
-        pthread_mutex_lock(&recs.mu);
+        acme_state_record_cert(name, len, nb, na);
+        acme_state_lock();
         r->failures = 0;
         r->last_fail = r->next_attempt = 0;
         r->last_err[0] = '\0';
         r->working = false;
-        if (r->worked != used || r->type_fail[challenge_slot(used)].tf_at)
+        if (r->worked != used || r->type_fail[acme_state_challenge_slot(used)].tf_at)
             ledger_changed = true;
         r->worked = used;   /* tried first at renewal */
-        r->type_fail[challenge_slot(used)].tf_at = 0;
-        r->type_fail[challenge_slot(used)].tf_err[0] = '\0';
+        r->type_fail[acme_state_challenge_slot(used)].tf_at = 0;
+        r->type_fail[acme_state_challenge_slot(used)].tf_err[0] = '\0';
         time_t renew_at = r->renew_at;
-        pthread_mutex_unlock(&recs.mu);
+        acme_state_unlock();
         if (had_failures || ledger_changed)
-            failures_save();
+            acme_state_ledger_save();
         log_info("certs %s: certificate obtained in %llu ms through %s, valid until %s, renewal "
                  "from %s; saved to %s", name, (unsigned long long)(clock_mono_ms() - t0),
                  acme_challenge_name(used), fmt_time(na, t1, sizeof t1),
@@ -1243,27 +939,27 @@ static void issue(const char *name, size_t len, const char *path)
     } else if (atomic_load(&stopping)) {
         /* Cancelled by certs_shutdown: not the CA's failure, no backoff. */
         log_info("certs %s: order abandoned at shutdown (%s)", name, err);
-        pthread_mutex_lock(&recs.mu);
+        acme_state_lock();
         r->working = false;
-        pthread_mutex_unlock(&recs.mu);
+        acme_state_unlock();
         if (ledger_changed)
-            failures_save();
+            acme_state_ledger_save();
     } else if (acme_gave_up(acme)) {
         /* The route was removed while the order ran: no backoff, no retry. */
         log_info("certs %s: route removed: order stopped (%s); forgetting its certificate state",
                  name, err);
-        pthread_mutex_lock(&recs.mu);
+        acme_state_lock();
         r->working = false;
-        pthread_mutex_unlock(&recs.mu);
+        acme_state_unlock();
         forget(name, len);
-        failures_save();
+        acme_state_ledger_save();
     } else {
-        long delay = record_failure(name, len, err, acme_retry_after(acme));
-        pthread_mutex_lock(&recs.mu);
+        long delay = acme_state_record_failure(name, len, err, acme_retry_after(acme));
+        acme_state_lock();
         int failures = r->failures;
         r->working = false;
-        pthread_mutex_unlock(&recs.mu);
-        failures_save();
+        acme_state_unlock();
+        acme_state_ledger_save();
         log_warn("certs %s: ACME order failed (attempt %d)%s: %s; next attempt at %s (in %ld s)%s",
                  name, failures, every_type_failed ? ", every enabled challenge type failed" : "",
                  err, fmt_time(time(NULL) + delay, t1, sizeof t1), delay,
@@ -1293,10 +989,10 @@ static time_t wait_for_store(const char *name, size_t len)
 /* True when the record holds a certificate that is not due for renewal. */
 static bool holds_fresh(const char *name, size_t len, time_t now)
 {
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_find(name, len);
+    acme_state_lock();
+    struct acme_record *r = acme_state_find_locked(name, len);
     bool fresh = r && r->not_after > now && now < r->renew_at;
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_unlock();
     return fresh;
 }
 
@@ -1318,11 +1014,11 @@ static time_t obtain_acme(const char *name, size_t len, bool renew, bool reload)
 
     if (!renew && !reload && ready)
         return 0;   /* queued again in a race with a publish */
-    pthread_mutex_lock(&recs.mu);
-    struct record *r = record_get(name, len);
+    acme_state_lock();
+    struct acme_record *r = acme_state_get_locked(name, len);
     bool no_route = !has_route(name, len);
     r->dormant = no_route;   /* a request (handshake, add) wakes it */
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_unlock();
     if (no_route) {
         if (!reload)
             log_info("certs %s: no route: not obtaining a certificate", name);
@@ -1340,9 +1036,9 @@ static time_t obtain_acme(const char *name, size_t len, bool renew, bool reload)
         }
         if (ctx) {
             snapshot_publish(name, len, ctx, na, 0);
-            record_cert(name, len, nb, na);
+            acme_state_record_cert(name, len, nb, na);
             log_info("certs %s: loaded %s, valid until %s", name, path, fmt_time(na, t1, sizeof t1));
-            if (now < renew_time(nb, na))
+            if (now < acme_state_renew_time(nb, na))
                 return 0;
             log_info("certs %s: it is due for renewal: renewing while it serves", name);
         } else if (err[0]) {
@@ -1363,13 +1059,13 @@ static time_t obtain_acme(const char *name, size_t len, bool renew, bool reload)
         return 0;
     }
 
-    pthread_mutex_lock(&recs.mu);
+    acme_state_lock();
     time_t next = r->next_attempt;
     int failures = r->failures;
     char last_err[sizeof r->last_err];
     memcpy(last_err, r->last_err, sizeof last_err);
     bool held = r->not_after > now;
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_unlock();
     if (next > now) {
         if (!held && !renew) {
             log_warn("certs %s: no certificate, and not asking the CA again before %s "
@@ -1410,20 +1106,7 @@ static time_t obtain_acme(const char *name, size_t len, bool renew, bool reload)
 static void forget(const char *name, size_t len)
 {
     snapshot_drop(name, len);
-    pthread_mutex_lock(&recs.mu);
-    for (size_t i = 0; i < recs.n; i++) {
-        struct record *r = recs.v[i];
-        if (strlen(r->name) != len || memcmp(r->name, name, len) != 0)
-            continue;
-        r->not_before = r->not_after = r->renew_at = 0;
-        r->dormant = true;   /* no renewal, no retry: an add wakes it */
-        if (!record_persists(r) && !r->working) {
-            recs.v[i] = recs.v[--recs.n];
-            free(r);
-        }
-        break;
-    }
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_forget(name, len);
 }
 
 /* Forgets every domain that holds certificate state but no longer has a
@@ -1431,38 +1114,56 @@ static void forget(const char *name, size_t len)
  * every SWEEP_S, in both modes. The command channel tells certs only of added routes,
  * so removals are found by looking. */
 #define SWEEP_S 1
+
+/* The names sweep_removed forgets. */
+struct gone_list {
+    const struct cert_table *t;
+    char (*gone)[DOMAIN_MAX + 1];
+    size_t n, cap;
+};
+
+static void gone_add(struct gone_list *gl, const char *name, size_t len)
+{
+    if (gl->n == gl->cap) {
+        gl->cap = gl->cap ? gl->cap * 2 : 8;
+        gl->gone = xrealloc(gl->gone, gl->cap * sizeof gl->gone[0]);
+    }
+    memcpy(gl->gone[gl->n], name, len);
+    gl->gone[gl->n++][len] = '\0';
+}
+
+/* acme_state_each_locked: a record holding a certificate whose route is
+ * gone, unless it is being worked on or the snapshot has it (counted
+ * already). */
+static void gone_record(struct acme_record *r, void *arg)
+{
+    struct gone_list *gl = arg;
+    size_t len = strlen(r->name);
+    if (!r->not_after || r->working || has_route(r->name, len) || table_find(gl->t, r->name, len))
+        return;
+    gone_add(gl, r->name, len);
+}
+
 static void sweep_removed(void)
 {
     struct cert_table *t = atomic_load_explicit(&snapshot, memory_order_relaxed);
     if (!routes_current())
         return;   /* no route table published (unit tests): nothing is known removed */
-    char (*gone)[DOMAIN_MAX + 1] = NULL;
-    size_t n = 0, cap = 0;
+    struct gone_list gl = { .t = t };
 
-#define GONE(nm, ln) do { \
-        if (n == cap) { cap = cap ? cap * 2 : 8; gone = xrealloc(gone, cap * sizeof gone[0]); } \
-        memcpy(gone[n], (nm), (ln)); gone[n++][(ln)] = '\0'; \
-    } while (0)
     for (size_t i = 0; i < t->cap; i++)
         if (t->slot[i] && !has_route(t->slot[i]->name, t->slot[i]->len))
-            GONE(t->slot[i]->name, t->slot[i]->len);
-    pthread_mutex_lock(&recs.mu);
-    for (size_t i = 0; i < recs.n; i++) {
-        const struct record *r = recs.v[i];
-        size_t len = strlen(r->name);
-        if (!r->not_after || r->working || has_route(r->name, len) || table_find(t, r->name, len))
-            continue;
-        GONE(r->name, len);
-    }
-    pthread_mutex_unlock(&recs.mu);
-#undef GONE
-    for (size_t i = 0; i < n; i++) {
+            gone_add(&gl, t->slot[i]->name, t->slot[i]->len);
+    acme_state_lock();
+    acme_state_each_locked(gone_record, &gl);
+    acme_state_unlock();
+    for (size_t i = 0; i < gl.n; i++) {
         log_info("certs %s: route removed: its certificate is forgotten in memory%s "
-                 "(the files in %s stay, a later add serves them)", gone[i],
+                 "(the files in %s stay, a later add serves them)", gl.gone[i],
                  source == CERTS_ACME ? ", no renewal" : "", dir);
-        forget(gone[i], strlen(gone[i]));
+        forget(gl.gone[i], strlen(gl.gone[i]));
     }
-    free(gone);
+    free(gl.gone);
 }
 
 /* acme_client_set_abort: an order whose route was removed stops. */
@@ -1473,54 +1174,30 @@ static bool route_gone(const char *domain, void *arg)
 
 /* ---- the certificate thread ---- */
 
-/* When a record next needs the thread (wall clock), or 0: a held
- * certificate's renewal, or the retry of a failing one. Under recs.mu. */
-static time_t record_due(const struct record *r)
+/* acme_state_each_locked, under q.mu: queues r if it is due (*arg: now);
+ * one whose route is gone goes dormant instead. */
+static void queue_if_due(struct acme_record *r, void *arg)
 {
-    if (r->dormant || r->working)
-        return 0;
-    if (r->not_after)
-        return r->renew_at > r->next_attempt ? r->renew_at : r->next_attempt;
-    if (r->failures)
-        return r->next_attempt ? r->next_attempt : 1;
-    return 0;
-}
-
-static time_t next_due(void)
-{
-    time_t due = 0;
-    pthread_mutex_lock(&recs.mu);
-    for (size_t i = 0; i < recs.n; i++) {
-        /* A name waiting for the store or another node has its own time. */
-        if (waiting_locked(recs.v[i]->name, strlen(recs.v[i]->name)))
-            continue;
-        time_t t = record_due(recs.v[i]);
-        if (t && (!due || t < due))
-            due = t;
+    time_t now = *(const time_t *)arg;
+    time_t t = acme_state_due_locked(r);
+    if (!t || t > now)
+        return;
+    size_t len = strlen(r->name);
+    if (!has_route(r->name, len)) {
+        r->dormant = true;
+        return;
     }
-    pthread_mutex_unlock(&recs.mu);
-    return due;
+    queue_locked(r->name, len, r->not_after > now);
 }
 
-/* Queues every record that is due (renewals, retries after backoff);
- * one whose route is gone goes dormant instead. Under q.mu. */
+/* Queues every record that is due (renewals, retries after backoff).
+ * Under q.mu; takes the records' lock after it (acme_state.h). */
 static void queue_due_locked(void)
 {
     time_t now = time(NULL);
-    pthread_mutex_lock(&recs.mu);
-    for (size_t i = 0; i < recs.n; i++) {
-        struct record *r = recs.v[i];
-        time_t t = record_due(r);
-        if (!t || t > now)
-            continue;
-        size_t len = strlen(r->name);
-        if (!has_route(r->name, len)) {
-            r->dormant = true;
-            continue;
-        }
-        queue_locked(r->name, len, r->not_after > now);
-    }
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_lock();
+    acme_state_each_locked(queue_if_due, &now);
+    acme_state_unlock();
 }
 
 static void notify_subscribers(void)
@@ -1536,7 +1213,7 @@ static void notify_subscribers(void)
 static void wait_for_work_locked(time_t sweep_at)
 {
     while (!q.head && !q.stop) {
-        time_t due = source == CERTS_ACME ? next_due() : 0;
+        time_t due = source == CERTS_ACME ? acme_state_next_due(waiting_locked) : 0;
         time_t wdue = waiting_due_locked();
         if (time(NULL) >= sweep_at)
             return;
@@ -1799,13 +1476,15 @@ int certs_init_acme(const char *certs_dir, const struct acme_options *opts,
     acme_client_set_abort(acme, route_gone, NULL);
     source = CERTS_ACME;
     dir = xstrdup(certs_dir);
-    backoff_first_s = backoff_first > 0 ? backoff_first : CERTS_BACKOFF_FIRST_S;
+    acme_state_init(certs_dir, backoff_first > 0 ? backoff_first : CERTS_BACKOFF_FIRST_S,
+                    acme_challenges(acme));
     if (qsbr_id < 0)
         qsbr_id = qsbr_register();   /* the thread goes offline as it starts */
-    failures_load();
+    acme_state_ledger_load();
     if (start_store(so, err, errlen) < 0 || start_thread(err, errlen) < 0) {
         challenge_set_sharing(NULL);
         store_stop();
+        acme_state_clear();
         acme_client_free(acme);
         acme = NULL;
         free(dir);
@@ -1827,7 +1506,7 @@ void certs_request(const char *domain, size_t len)
 
 size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
 {
-    struct record r = { .name = "" };
+    struct acme_record r = { .name = "" };
     char t1[32], t2[32];
     time_t now = time(NULL);
     size_t n = 0;
@@ -1839,11 +1518,7 @@ size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
     pthread_mutex_lock(&q.mu);
     bool queued = queued_locked(domain, len);
     pthread_mutex_unlock(&q.mu);
-    pthread_mutex_lock(&recs.mu);
-    const struct record *found = record_find(domain, len);
-    if (found)
-        r = *found;
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_copy(domain, len, &r);
 
 #define ADD(...) do { \
         int w_ = snprintf(buf + n, cap - n, __VA_ARGS__); \
@@ -1876,11 +1551,11 @@ size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
     /* The challenge fallback: the type tried first, and each enabled
      * type's last failed validation. */
     unsigned enabled = acme_challenges(acme), plan[2];
-    int nplan = challenge_plan(&r, enabled, plan);
+    int nplan = acme_state_challenge_plan(&r, enabled, plan);
     ADD("challenge: %s first%s\n", acme_challenge_name(plan[0]),
         r.worked & enabled ? " (it worked last)" : "");
     for (int k = 0; k < nplan; k++) {
-        int slot = challenge_slot(plan[k]);
+        int slot = acme_state_challenge_slot(plan[k]);
         if (r.type_fail[slot].tf_at)
             ADD("%s last failure: %s %s\n", acme_challenge_name(plan[k]),
                 fmt_time(r.type_fail[slot].tf_at, t1, sizeof t1), r.type_fail[slot].tf_err);
@@ -1925,13 +1600,7 @@ void certs_shutdown(void)
     store_stop();   /* releases a lock still held (the order was cancelled) */
     acme_client_free(acme);
     acme = NULL;
-    pthread_mutex_lock(&recs.mu);
-    for (size_t i = 0; i < recs.n; i++)
-        free(recs.v[i]);
-    free(recs.v);
-    recs.v = NULL;
-    recs.n = 0;
-    pthread_mutex_unlock(&recs.mu);
+    acme_state_clear();
 
     pthread_mutex_lock(&q.mu);
     while (q.head) {
