@@ -161,20 +161,26 @@ static enum lookup lookup(const struct cert_table *t, const char *name, size_t l
     return LOOKUP_MISS;   /* expired, or the failure hold is over: try again */
 }
 
-/* Queues name unless it is queued already (one job per name, however many
- * handshakes, adds and renewals ask). Under q.mu. */
-static void queue_locked(const char *name, size_t len, bool renew)
+/* name's entry in the list from p on, or NULL. Under q.mu. */
+static struct pending *pending_find(struct pending *p, const char *name, size_t len)
 {
-    struct pending *p;
+    for (; p; p = p->next)
+        if (p->len == len && memcmp(p->name, name, len) == 0)
+            return p;
+    return NULL;
+}
 
-    for (p = q.head; p; p = p->next)
-        if (p->len == len && memcmp(p->name, name, len) == 0)
-            return;
-    for (p = q.waiting; p; p = p->next)
-        if (p->len == len && memcmp(p->name, name, len) == 0)
-            return;
-    if (len == 0 || len > DOMAIN_MAX)
-        return;
+/* Queues name unless it is queued or waiting already (one job per name,
+ * however many handshakes, adds and renewals ask). Returns its entry (NULL
+ * for a name that cannot be one). Under q.mu. */
+static struct pending *queue_locked(const char *name, size_t len, bool renew)
+{
+    struct pending *p = pending_find(q.head, name, len);
+
+    if (!p)
+        p = pending_find(q.waiting, name, len);
+    if (p || len == 0 || len > DOMAIN_MAX)
+        return p;
     p = xcalloc(1, sizeof *p);
     memcpy(p->name, name, len);
     p->len = len;
@@ -182,17 +188,12 @@ static void queue_locked(const char *name, size_t len, bool renew)
     *q.tail = p;
     q.tail = &p->next;
     pthread_cond_signal(&q.cv);
+    return p;
 }
 
 static bool queued_locked(const char *name, size_t len)
 {
-    for (struct pending *p = q.head; p; p = p->next)
-        if (p->len == len && memcmp(p->name, name, len) == 0)
-            return true;
-    for (struct pending *p = q.waiting; p; p = p->next)
-        if (p->len == len && memcmp(p->name, name, len) == 0)
-            return true;
-    return false;
+    return pending_find(q.head, name, len) || pending_find(q.waiting, name, len);
 }
 
 /* Moves waiting names back to the queue: name (NULL: all of them), or only
@@ -226,10 +227,7 @@ static void wake_waiting_locked(const char *name, bool due_only, bool reload)
 /* The earliest time a waiting name must be looked at again, or 0. Under q.mu. */
 static bool waiting_locked(const char *name, size_t len)
 {
-    for (struct pending *p = q.waiting; p; p = p->next)
-        if (p->len == len && memcmp(p->name, name, len) == 0)
-            return true;
-    return false;
+    return pending_find(q.waiting, name, len) != NULL;
 }
 
 static time_t waiting_due_locked(void)
@@ -490,14 +488,6 @@ static void obtain_local(const char *name, size_t len)
 
 #define PEM_FILE_MAX  (1 << 20)   /* a DOMAIN file is a few KiB; refuse anything absurd */
 
-/* "2025-01-31T12:00:00Z" */
-static const char *fmt_time(time_t t, char *buf, size_t cap)
-{
-    struct tm tm;
-    if (!gmtime_r(&t, &tm) || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, cap, "@%lld", (long long)t);
-    return buf;
-}
 
 /* ---- release mode: obtaining (certificate thread only) ---- */
 
@@ -809,7 +799,7 @@ static int load_from_store(const char *name, size_t len, const char *path, time_
     snapshot_publish(name, len, ctx, *na, 0);
     acme_state_record_cert(name, len, *nb, *na);
     log_info("certs %s: loaded from the store (issued by %s), valid until %s", name, who,
-             fmt_time(*na, t1, sizeof t1));
+             clock_format_utc(*na, t1, sizeof t1));
     return 1;
 }
 
@@ -934,8 +924,8 @@ static void issue(const char *name, size_t len, const char *path)
             acme_state_ledger_save();
         log_info("certs %s: certificate obtained in %llu ms through %s, valid until %s, renewal "
                  "from %s; saved to %s", name, (unsigned long long)(clock_mono_ms() - t0),
-                 acme_challenge_name(used), fmt_time(na, t1, sizeof t1),
-                 fmt_time(renew_at, t2, sizeof t2), path);
+                 acme_challenge_name(used), clock_format_utc(na, t1, sizeof t1),
+                 clock_format_utc(renew_at, t2, sizeof t2), path);
     } else if (atomic_load(&stopping)) {
         /* Cancelled by certs_shutdown: not the CA's failure, no backoff. */
         log_info("certs %s: order abandoned at shutdown (%s)", name, err);
@@ -962,7 +952,7 @@ static void issue(const char *name, size_t len, const char *path)
         acme_state_ledger_save();
         log_warn("certs %s: ACME order failed (attempt %d)%s: %s; next attempt at %s (in %ld s)%s",
                  name, failures, every_type_failed ? ", every enabled challenge type failed" : "",
-                 err, fmt_time(time(NULL) + delay, t1, sizeof t1), delay,
+                 err, clock_format_utc(time(NULL) + delay, t1, sizeof t1), delay,
                  had_failures || failures > 1 ? "" : "; handshakes for it fail until then");
         snapshot_publish(name, len, NULL, 0, clock_mono_ms() + (uint64_t)delay * 1000u);
     }
@@ -1037,7 +1027,7 @@ static time_t obtain_acme(const char *name, size_t len, bool renew, bool reload)
         if (ctx) {
             snapshot_publish(name, len, ctx, na, 0);
             acme_state_record_cert(name, len, nb, na);
-            log_info("certs %s: loaded %s, valid until %s", name, path, fmt_time(na, t1, sizeof t1));
+            log_info("certs %s: loaded %s, valid until %s", name, path, clock_format_utc(na, t1, sizeof t1));
             if (now < acme_state_renew_time(nb, na))
                 return 0;
             log_info("certs %s: it is due for renewal: renewing while it serves", name);
@@ -1069,7 +1059,7 @@ static time_t obtain_acme(const char *name, size_t len, bool renew, bool reload)
     if (next > now) {
         if (!held && !renew) {
             log_warn("certs %s: no certificate, and not asking the CA again before %s "
-                     "(%d failed order(s), the last: %s)", name, fmt_time(next, t1, sizeof t1),
+                     "(%d failed order(s), the last: %s)", name, clock_format_utc(next, t1, sizeof t1),
                      failures, last_err);
             snapshot_publish(name, len, NULL, 0, clock_mono_ms() + (uint64_t)(next - now) * 1000u);
         }
@@ -1413,20 +1403,11 @@ static void on_store_cert(const char *domain, void *arg)
 {
     size_t len = strlen(domain);
     pthread_mutex_lock(&q.mu);
-    if (!q.stop && len && len <= DOMAIN_MAX) {
-        wake_waiting_locked(domain, false, true);
-        struct pending *p;
-        for (p = q.head; p; p = p->next)
-            if (p->len == len && memcmp(p->name, domain, len) == 0)
-                break;
+    if (!q.stop) {
+        wake_waiting_locked(domain, false, true);   /* back in the queue, marked reload */
+        struct pending *p = queue_locked(domain, len, false);
         if (p)
             p->reload = true;
-        else {
-            queue_locked(domain, len, false);
-            for (p = q.head; p; p = p->next)
-                if (p->len == len && memcmp(p->name, domain, len) == 0)
-                    p->reload = true;
-        }
     }
     pthread_mutex_unlock(&q.mu);
 }
@@ -1527,11 +1508,11 @@ size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
     if (!r.not_after)
         ADD("certificate: none\n");
     else if (r.not_after <= now)
-        ADD("certificate: expired at %s\n", fmt_time(r.not_after, t1, sizeof t1));
+        ADD("certificate: expired at %s\n", clock_format_utc(r.not_after, t1, sizeof t1));
     else
-        ADD("certificate: valid until %s\n", fmt_time(r.not_after, t1, sizeof t1));
+        ADD("certificate: valid until %s\n", clock_format_utc(r.not_after, t1, sizeof t1));
     if (r.renew_at)
-        ADD("renewal: %s\n", fmt_time(r.renew_at, t1, sizeof t1));
+        ADD("renewal: %s\n", clock_format_utc(r.renew_at, t1, sizeof t1));
     else
         ADD("renewal: -\n");
     if (r.waiting[0] && queued && !r.working)
@@ -1540,12 +1521,12 @@ size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
         ADD("state: %s\n", r.working ? "obtaining" : queued ? "queued" :
                            r.next_attempt > now ? "backoff" : "idle");
     if (r.failures)
-        ADD("last error: %s %s\n", fmt_time(r.last_fail, t1, sizeof t1), r.last_err);
+        ADD("last error: %s %s\n", clock_format_utc(r.last_fail, t1, sizeof t1), r.last_err);
     else
         ADD("last error: none\n");
     if (r.failures)
         ADD("next attempt: %s (after %d failed order(s))\n",
-            fmt_time(r.next_attempt > now ? r.next_attempt : now, t2, sizeof t2), r.failures);
+            clock_format_utc(r.next_attempt > now ? r.next_attempt : now, t2, sizeof t2), r.failures);
     else
         ADD("next attempt: -\n");
     /* The challenge fallback: the type tried first, and each enabled
@@ -1558,7 +1539,7 @@ size_t certs_status(const char *domain, size_t len, char *buf, size_t cap)
         int slot = acme_state_challenge_slot(plan[k]);
         if (r.type_fail[slot].tf_at)
             ADD("%s last failure: %s %s\n", acme_challenge_name(plan[k]),
-                fmt_time(r.type_fail[slot].tf_at, t1, sizeof t1), r.type_fail[slot].tf_err);
+                clock_format_utc(r.type_fail[slot].tf_at, t1, sizeof t1), r.type_fail[slot].tf_err);
         else
             ADD("%s last failure: none\n", acme_challenge_name(plan[k]));
     }

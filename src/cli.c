@@ -1,7 +1,6 @@
 /* cli.c — server flags: defaults, parsing, --help and --version. */
 #include "cli.h"
 #include "acme.h"
-#include "etcd.h"
 #include "store.h"
 #include <errno.h>
 #include <limits.h>
@@ -299,7 +298,8 @@ static int check_store_flags(const struct config *cfg)
         { "--store-user", offsetof(struct config, store_user) },
         { "--store-password-file", offsetof(struct config, store_password_file) },
     };
-    char endpoints[1024], err[512];
+    char err[512];
+    struct store_options so;
 
     if (!cfg->store_url[0]) {
         for (size_t k = 0; k < sizeof needs_store / sizeof needs_store[0]; k++)
@@ -310,19 +310,25 @@ static int check_store_flags(const struct config *cfg)
     if (!cfg->release)
         return bad("--store", "is for release mode (--release): local mode's mkcert "
                    "certificates stay on each machine");
-    if (etcd_parse_url(cfg->store_url, endpoints, sizeof endpoints, err, sizeof err) < 0)
-        return bad("--store", err);
-    if (cfg->store_prefix[0] && !store_prefix_ok(cfg->store_prefix))
-        return bad("--store-prefix", "must be 1 to 200 printable characters without spaces, "
-                   "ending in '/' (e.g. core_server/)");
-    if ((cfg->store_cert[0] != 0) != (cfg->store_key[0] != 0))
-        return bad(cfg->store_cert[0] ? "--store-cert" : "--store-key",
-                   "--store-cert and --store-key go together (the client certificate and its "
-                   "private key)");
-    if ((cfg->store_user[0] != 0) != (cfg->store_password_file[0] != 0))
-        return bad(cfg->store_user[0] ? "--store-user" : "--store-password-file",
-                   "--store-user USER and --store-password-file FILE go together");
+    cli_store_options(cfg, NULL, &so);
+    if (store_check_options(&so, err, sizeof err) < 0) {
+        fprintf(stderr, "core_server: %s (see ./core_server --help)\n", err);
+        return -1;
+    }
     return 0;
+}
+
+void cli_store_options(const struct config *cfg, const char *node, struct store_options *so)
+{
+#define OPT_STR(f) (cfg->f[0] ? cfg->f : NULL)
+    *so = (struct store_options){
+        .url = OPT_STR(store_url), .prefix = OPT_STR(store_prefix),
+        .ca_file = OPT_STR(store_ca), .cert_file = OPT_STR(store_cert),
+        .key_file = OPT_STR(store_key), .user = OPT_STR(store_user),
+        .password_file = OPT_STR(store_password_file), .node = node,
+        .lock_ttl_s = cfg->store_lock_ttl_s,
+    };
+#undef OPT_STR
 }
 
 int cli_parse(int argc, char **argv, struct config *cfg)

@@ -45,6 +45,11 @@ struct config {
 #define CLI_ACME_DIRECTORY "https://acme-v02.api.letsencrypt.org/directory"
 #define CLI_LOG_FILE_DEFAULT "logs/core.log"
 
+struct store_options;
+/* The --store flags as store.h takes them (strings point into cfg); node:
+ * this node's name. */
+void cli_store_options(const struct config *cfg, const char *node, struct store_options *so);
+
 /* Release mode without --foreground, or --daemon. */
 bool cli_detaches(const struct config *cfg);
 

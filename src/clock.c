@@ -1,5 +1,8 @@
-/* clock.c — CLOCK_MONOTONIC in milliseconds and as condvar deadlines. */
+/* clock.c — CLOCK_MONOTONIC in milliseconds and as condvar deadlines;
+ * wall-clock times formatted for status and logs. */
 #include "clock.h"
+
+#include <stdio.h>
 
 uint64_t clock_mono_ms(void)
 {
@@ -21,4 +24,12 @@ struct timespec clock_deadline_ms(long ms)
         t.tv_nsec -= 1000000000L;
     }
     return t;
+}
+
+const char *clock_format_utc(time_t t, char *buf, size_t cap)
+{
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, cap, "@%lld", (long long)t);
+    return buf;
 }

@@ -104,15 +104,8 @@ static int setup_acme(struct server *s, char *err, size_t errlen)
         snprintf(host, sizeof host, "node");
     host[sizeof host - 1] = '\0';
     snprintf(node, sizeof node, "%s:%d", host, cfg->https_port);
-#define OPT_STR(f) (cfg->f[0] ? cfg->f : NULL)
-    struct store_options so = {
-        .url = OPT_STR(store_url), .prefix = OPT_STR(store_prefix),
-        .ca_file = OPT_STR(store_ca), .cert_file = OPT_STR(store_cert),
-        .key_file = OPT_STR(store_key), .user = OPT_STR(store_user),
-        .password_file = OPT_STR(store_password_file), .node = node,
-        .lock_ttl_s = cfg->store_lock_ttl_s,
-    };
-#undef OPT_STR
+    struct store_options so;
+    cli_store_options(cfg, node, &so);
     if (certs_init_acme(cfg->certs_dir, &o, cfg->acme_backoff_s, &so, err, errlen) < 0)
         return -1;
     if (tls_init(sni_on_client_hello, err, errlen) < 0)

@@ -43,10 +43,6 @@ struct store_options {
     long lock_ttl_s;            /* 0: STORE_LOCK_TTL_DEFAULT */
 };
 
-/* A --store-prefix store_start accepts: 1 to 200 printable characters
- * without spaces, ending in '/'. */
-bool store_prefix_ok(const char *prefix);
-
 /* Told by the watcher thread; each must return quickly (queue work). */
 struct store_callbacks {
     void (*cert_changed)(const char *domain, void *arg);   /* another node stored DOMAIN's cert */
@@ -55,7 +51,13 @@ struct store_callbacks {
     void *arg;
 };
 
-/* Checks the options (a malformed URL, unreadable files: -1 with err naming
+/* Checks what can be checked without reading files or contacting etcd: the
+ * URL, the prefix, and the flags that go in pairs (cert and key, user and
+ * password file). -1 with err starting with the flag at fault ("--store:
+ * ..."), for the command line to print. */
+int store_check_options(const struct store_options *o, char *err, size_t errlen);
+
+/* Checks the options (store_check_options, and the files: -1 with err naming
  * what), makes the clients and starts the threads. Never waits for etcd:
  * an unreachable store is logged (naming the URL) and retried in the
  * background. Returns 0, or -1 with err. */

@@ -127,25 +127,11 @@ static void table_clear(struct table *t)
     t->n = 0;
 }
 
-static const char *fmt_time(time_t t, char *buf, size_t cap)
-{
-    struct tm tm;
-    if (!gmtime_r(&t, &tm) || strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, cap, "@%lld", (long long)t);
-    return buf;
-}
 
 /* Sleeps ms, waking early at stop. */
 static void nap(long ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = clock_deadline_ms(ms);
     pthread_mutex_lock(&S.mu);
     while (!atomic_load(&S.stop) &&
            pthread_cond_timedwait(&S.cv, &S.mu, &ts) != ETIMEDOUT)
@@ -165,7 +151,7 @@ static void set_health(bool ok, const char *cause)
         S.health_since = time(NULL);
         snprintf(S.health_err, sizeof S.health_err, "%s", ok ? "" : cause);
         if (ok)
-            log_info("store %s: reachable (%s)%s", S.url, fmt_time(S.health_since, t, sizeof t),
+            log_info("store %s: reachable (%s)%s", S.url, clock_format_utc(S.health_since, t, sizeof t),
                      was == 0 ? "; pending certificate work resumes" : "");
         else
             log_warn("store %s: unreachable: %s; serving the certificates held (memory, %s), "
@@ -374,7 +360,9 @@ static int read_password(const char *path, char *out, size_t cap, char *err, siz
     return 0;
 }
 
-bool store_prefix_ok(const char *p)
+/* A --store-prefix: 1 to PREFIX_MAX printable characters without spaces,
+ * ending in '/'. */
+static bool prefix_ok(const char *p)
 {
     size_t n = strlen(p);
     if (n == 0 || n > PREFIX_MAX || p[n - 1] != '/')
@@ -385,35 +373,43 @@ bool store_prefix_ok(const char *p)
     return true;
 }
 
+int store_check_options(const struct store_options *o, char *err, size_t errlen)
+{
+    char endpoints[512], why[400];
+
+    if (etcd_parse_url(o->url, endpoints, sizeof endpoints, why, sizeof why) < 0) {
+        snprintf(err, errlen, "--store: %s", why);
+        return -1;
+    }
+    if (o->prefix && !prefix_ok(o->prefix)) {
+        snprintf(err, errlen, "--store-prefix: must be 1 to %d printable characters without "
+                 "spaces, ending in '/' (e.g. core_server/)", PREFIX_MAX);
+        return -1;
+    }
+    if ((o->cert_file != NULL) != (o->key_file != NULL)) {
+        snprintf(err, errlen, "%s: --store-cert and --store-key go together (the client "
+                 "certificate and its private key)", o->cert_file ? "--store-cert" : "--store-key");
+        return -1;
+    }
+    if ((o->user != NULL) != (o->password_file != NULL)) {
+        snprintf(err, errlen, "%s: --store-user USER and --store-password-file FILE go "
+                 "together", o->user ? "--store-user" : "--store-password-file");
+        return -1;
+    }
+    return 0;
+}
+
 int store_start(const struct store_options *o, const struct store_callbacks *cb,
                 char *err, size_t errlen)
 {
     char endpoints[512], password[PASSWORD_MAX] = "";
     const char *prefix = o->prefix ? o->prefix : STORE_PREFIX_DEFAULT;
 
-    if (etcd_parse_url(o->url, endpoints, sizeof endpoints, err, errlen) < 0)
+    if (store_check_options(o, err, errlen) < 0 ||
+        etcd_parse_url(o->url, endpoints, sizeof endpoints, err, errlen) < 0)
         return -1;
-    if (!store_prefix_ok(prefix)) {
-        snprintf(err, errlen, "--store-prefix '%s': must be 1 to %d printable characters "
-                 "without spaces, ending in '/' (e.g. core_server/)", prefix, PREFIX_MAX);
-        return -1;
-    }
-    if (o->user && !o->password_file) {
-        snprintf(err, errlen, "--store-user %s needs --store-password-file FILE "
-                 "(the password on its first line)", o->user);
-        return -1;
-    }
-    if (!o->user && o->password_file) {
-        snprintf(err, errlen, "--store-password-file needs --store-user USER");
-        return -1;
-    }
     if (o->user && read_password(o->password_file, password, sizeof password, err, errlen) < 0)
         return -1;
-    if ((o->cert_file != NULL) != (o->key_file != NULL)) {
-        snprintf(err, errlen, "--store-cert and --store-key go together (the client "
-                 "certificate and its private key)");
-        return -1;
-    }
     struct etcd_options eo = {
         .endpoints = endpoints, .ca_file = o->ca_file, .cert_file = o->cert_file,
         .key_file = o->key_file, .user = o->user, .password = o->user ? password : NULL,
@@ -650,18 +646,11 @@ int store_put_challenge(const char *type, const char *id, const char *keyauth,
     etcd_kv_clear(&kv);
     /* Wait for our own watcher to see it: the write is then committed and
      * streaming to every watcher, which the other nodes also read from. */
-    uint64_t deadline = clock_mono_ms() + ECHO_WAIT_MS;
+    struct timespec deadline = clock_deadline_ms(ECHO_WAIT_MS);
     pthread_mutex_lock(&S.mu);
-    while (S.applied_rev < rev && !atomic_load(&S.stop) && clock_mono_ms() < deadline) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 20 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&S.cv, &S.mu, &ts);
-    }
+    while (S.applied_rev < rev && !atomic_load(&S.stop) &&
+           pthread_cond_timedwait(&S.cv, &S.mu, &deadline) != ETIMEDOUT)
+        ;   /* advance() broadcasts each time the watcher applies events */
     bool echoed = S.applied_rev >= rev;
     pthread_mutex_unlock(&S.mu);
     if (!echoed)
@@ -697,10 +686,10 @@ size_t store_status(const char *domain, char *buf, size_t cap)
         ADD("store: %s %s, node %s, not reached yet\n", S.url, S.prefix, S.node);
     else if (S.health)
         ADD("store: %s %s, node %s, healthy since %s\n", S.url, S.prefix, S.node,
-            fmt_time(S.health_since, t, sizeof t));
+            clock_format_utc(S.health_since, t, sizeof t));
     else
         ADD("store: %s %s, node %s, unreachable since %s: %s\n", S.url, S.prefix, S.node,
-            fmt_time(S.health_since, t, sizeof t), S.health_err);
+            clock_format_utc(S.health_since, t, sizeof t), S.health_err);
     if (domain) {
         struct note *l = table_find(&S.locks, domain), *i = table_find(&S.issued, domain);
         if (l)
@@ -711,7 +700,7 @@ size_t store_status(const char *domain, char *buf, size_t cap)
             char node[NODE_MAX + 1];
             long long at = 0;
             if (sscanf(i->text, "%128s %lld", node, &at) == 2)
-                ADD("issued by: %s at %s\n", node, fmt_time((time_t)at, t, sizeof t));
+                ADD("issued by: %s at %s\n", node, clock_format_utc((time_t)at, t, sizeof t));
             else
                 ADD("issued by: %s\n", i->text);
         } else {

@@ -22,14 +22,13 @@ Every member is stopped by PID (SIGTERM, then SIGKILL) in stop(), which the
 `from etcd import etcd_cluster  # noqa: F401` (a fixture, found by name)."""
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from pebble import _free_tcp_port, _openssl
+from pebble import _free_tcp_port, _openssl, _stop_pid
 
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
@@ -129,15 +128,7 @@ class EtcdCluster:
 
     def stop_member(self, i, timeout=5.0):
         """SIGTERM, then SIGKILL, by PID; reaps the process."""
-        p = self.procs[i]
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=timeout)
+        _stop_pid(self.procs[i], timeout)
 
     def stop(self):
         for i in range(self.n):

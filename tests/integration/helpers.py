@@ -554,3 +554,31 @@ def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ------------------------------------------------------------ C test drivers
+
+_REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+_ASAN_VARS = ["BUILD=build-asan",
+              "OPT=-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer "
+              "-fno-sanitize-recover=all",
+              "LDFLAGS=-fsanitize=address,undefined"]
+
+
+def build_driver(name, env_var):
+    """Builds tests/unit/NAME.c (a driver such as acme_driver or etcd_driver)
+    against the library objects (the ASan ones when ./core_server is an ASan
+    build) and returns its path. $ENV_VAR=PATH uses one built elsewhere."""
+    import subprocess
+    from pathlib import Path
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
+    try:
+        asan = b"__asan_init" in (_REPO / "core_server").read_bytes()
+    except FileNotFoundError:
+        asan = False
+    target = f"{'build-asan' if asan else 'build'}/tests/{name}"
+    r = subprocess.run(["make", "-s", *(_ASAN_VARS if asan else []), target], cwd=_REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"building {target} failed:\n{r.stdout}\n{r.stderr}"
+    return _REPO / target

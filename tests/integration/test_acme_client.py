@@ -6,47 +6,23 @@ a fresh issuing root and uses names no other test uses (pebble reuses valid
 authorizations). The certificates obtained are checked with `openssl
 verify` against pebble's root and intermediate, and their SAN and key."""
 
-import os
 import re
 import stat
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from pebble import pebble_ca, _free_tcp_port  # noqa: F401  (pebble_ca is a fixture)
+from helpers import build_driver
 
-REPO = Path(__file__).resolve().parents[2]
-ASAN_VARS = ["BUILD=build-asan",
-             "OPT=-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer "
-             "-fno-sanitize-recover=all",
-             "LDFLAGS=-fsanitize=address,undefined"]
-
-
-def _asan_build():
-    try:
-        return b"__asan_init" in (REPO / "core_server").read_bytes()
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture(scope="session")
 def driver():
-    """Builds tests/unit/acme_driver.c against the library objects (the
-    ASan ones when ./core_server is an ASan build) and returns its path.
-    ACME_DRIVER=PATH uses a driver built elsewhere instead."""
-    if os.environ.get("ACME_DRIVER"):
-        return Path(os.environ["ACME_DRIVER"])
-    if _asan_build():
-        target, extra = "build-asan/tests/acme_driver", ASAN_VARS
-    else:
-        target, extra = "build/tests/acme_driver", []
-    r = subprocess.run(["make", "-s", *extra, target], cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, f"building {target} failed:\n{r.stdout}\n{r.stderr}"
-    return REPO / target
+    """tests/unit/acme_driver.c, built (helpers.build_driver)."""
+    return build_driver("acme_driver", "ACME_DRIVER")
 
 
 def unique(prefix):

@@ -11,45 +11,22 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from etcd import etcd_cluster  # noqa: F401  (a fixture)
+from helpers import build_driver
 
-REPO = Path(__file__).resolve().parents[2]
-ASAN_VARS = ["BUILD=build-asan",
-             "OPT=-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer "
-             "-fno-sanitize-recover=all",
-             "LDFLAGS=-fsanitize=address,undefined"]
 PEM = ("-----BEGIN CERTIFICATE-----\n"
        "MIIBszCCAVmgAwIBAgIUQ2h1bmtlZCBQRU0gdGV4dCBmb3IgdGhlIGV0Y2QgdGVzdDAK\n"
        "BggqhkjOPQQDAjAXMRUwEwYDVQQDDAxjb3JlX3NlcnZlcjAeFw0yNjAxMDEwMDAwMDBa\n"
        "-----END CERTIFICATE-----\n")
 
 
-def _asan_build():
-    try:
-        return b"__asan_init" in (REPO / "core_server").read_bytes()
-    except FileNotFoundError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def driver():
-    """Builds tests/unit/etcd_driver.c against the library objects (the ASan
-    ones when ./core_server is an ASan build). ETCD_DRIVER=PATH uses a
-    driver built elsewhere instead."""
-    if os.environ.get("ETCD_DRIVER"):
-        return Path(os.environ["ETCD_DRIVER"])
-    if _asan_build():
-        target, extra = "build-asan/tests/etcd_driver", ASAN_VARS
-    else:
-        target, extra = "build/tests/etcd_driver", []
-    r = subprocess.run(["make", "-s", *extra, target], cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, f"building {target} failed:\n{r.stdout}\n{r.stderr}"
-    return REPO / target
+    """tests/unit/etcd_driver.c, built (helpers.build_driver)."""
+    return build_driver("etcd_driver", "ETCD_DRIVER")
 
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C", "ASAN_OPTIONS": "detect_leaks=1",
